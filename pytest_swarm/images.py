@@ -1,0 +1,255 @@
+"""Images without a registry: the Debian base image, builds of source contexts, and wheels.
+
+Every image the project builds starts ``FROM debian:bookworm-slim``. Where that can't be pulled
+it is bootstrapped once from the Debian mirror apt already uses (debootstrap) and kept in the
+local engine. A build context may carry ``wheels.txt`` (pip requirements): the wheels are
+downloaded on the host into ``<context>/wheels/`` because containers can't reach the package
+index over HTTPS, and the Dockerfile installs them with no network.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import io
+import os
+import platform
+import re
+import shutil
+import subprocess
+import sys
+import tarfile
+import tempfile
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import docker
+import docker.errors
+
+from .errors import ImageBuildError
+from .commands import run_docker
+
+BASE_IMAGE = "debian:bookworm-slim"
+BASE_SUITE = "bookworm"
+BOOTSTRAP_LABEL = "io.pytest-swarm.bootstrap"
+LOCK_DIR = Path(tempfile.gettempdir()) / "pytest-swarm-locks"
+# Like the official slim image: no docs, man pages or translations, in the base and in every
+# layer built on it (the dpkg filter stays in the image).
+_DPKG_EXCLUDES = """\
+path-exclude /usr/share/doc/*
+path-include /usr/share/doc/*/copyright
+path-exclude /usr/share/man/*
+path-exclude /usr/share/info/*
+path-exclude /usr/share/locale/*
+path-include /usr/share/locale/locale.alias
+"""
+
+Progress = Callable[[str], None]
+
+
+def _quiet(_: str) -> None:
+    return None
+
+
+@contextmanager
+def file_lock(name: str) -> Iterator[None]:
+    """Serialise work that several pytest processes could start at once (e.g. under xdist)."""
+    LOCK_DIR.mkdir(parents=True, exist_ok=True)
+    with open(LOCK_DIR / f"{name}.lock", "w") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def image_exists(client: docker.DockerClient, ref: str) -> bool:
+    try:
+        client.images.get(ref)
+    except docker.errors.ImageNotFound:
+        return False
+    return True
+
+
+def debian_mirror(sources_dir: Path = Path("/etc/apt")) -> str:
+    """The Debian mirror apt on this machine is configured with (deb822 or one-line format)."""
+    files = [sources_dir / "sources.list", *sorted((sources_dir / "sources.list.d").glob("*"))]
+    for file in files:
+        if not file.is_file() or file.suffix not in (".list", ".sources"):
+            continue
+        text = file.read_text(errors="replace")
+        for match in re.finditer(r"^(?:deb\s+(?:\[[^\]]*\]\s+)?|URIs:\s*)(\S+)", text, re.M):
+            uri = match.group(1).rstrip("/")
+            if uri.endswith("/debian"):
+                return uri
+    raise ImageBuildError(
+        f"no Debian mirror found in {sources_dir}/sources.list*; "
+        f"configure apt, or load a {BASE_IMAGE} image into the engine (docker load)"
+    )
+
+
+def ensure_base_image(client: docker.DockerClient, progress: Progress = _quiet) -> None:
+    """Make ``debian:bookworm-slim`` present: pulled if possible, else bootstrapped, once."""
+    with file_lock("base-image"):
+        if image_exists(client, BASE_IMAGE):
+            return
+        try:
+            client.images.pull(BASE_IMAGE)
+            progress(f"pulled {BASE_IMAGE}")
+            return
+        except docker.errors.APIError:
+            pass  # no registry here: build it from Debian's packages instead
+        progress(f"{BASE_IMAGE} can't be pulled: bootstrapping it from Debian packages (~40 s)")
+        bootstrap_base_image(client)
+        progress(f"bootstrapped {BASE_IMAGE}")
+
+
+def bootstrap_base_image(client: docker.DockerClient, mirror: str | None = None) -> None:
+    if shutil.which("debootstrap") is None:
+        raise ImageBuildError(
+            f"{BASE_IMAGE} can't be pulled and debootstrap is missing: "
+            "apt-get install debootstrap (or docker load a base image)"
+        )
+    mirror = mirror or debian_mirror()
+    with tempfile.TemporaryDirectory(prefix="pytest-swarm-rootfs-") as tmp:
+        rootfs = Path(tmp) / "rootfs"
+        result = subprocess.run(
+            ["debootstrap", "--variant=minbase", BASE_SUITE, str(rootfs), mirror],
+            capture_output=True,
+            text=True,
+            timeout=900,
+            check=False,
+        )
+        if result.returncode != 0:
+            tail = "\n".join((result.stdout + result.stderr).splitlines()[-15:])
+            raise ImageBuildError(f"debootstrap {BASE_SUITE} from {mirror} failed:\n{tail}")
+        _slim(rootfs)
+        archive = io.BytesIO()
+        with tarfile.open(fileobj=archive, mode="w") as tar:
+            tar.add(str(rootfs), arcname=".")
+        archive.seek(0)
+        repo, tag = BASE_IMAGE.split(":")
+        client.api.import_image_from_data(
+            archive.getvalue(),
+            repository=repo,
+            tag=tag,
+            changes=['CMD ["bash"]', f"LABEL {BOOTSTRAP_LABEL}=debootstrap"],
+        )
+
+
+def _slim(rootfs: Path) -> None:
+    for pattern in ("var/cache/apt/archives/*.deb", "var/lib/apt/lists/*"):
+        for path in rootfs.glob(pattern):
+            if path.is_file():
+                path.unlink()
+    for folder in ("usr/share/doc", "usr/share/man", "usr/share/info", "usr/share/locale"):
+        target = rootfs / folder
+        if target.is_dir():
+            shutil.rmtree(target)
+            target.mkdir()
+    (rootfs / "etc/dpkg/dpkg.cfg.d/excludes").write_text(_DPKG_EXCLUDES)
+    # Keep apt from keeping downloaded packages in every image layer.
+    (rootfs / "etc/apt/apt.conf.d/docker-clean").write_text(
+        'DPkg::Post-Invoke { "rm -f /var/cache/apt/archives/*.deb || true"; };\n'
+        'Dir::Cache::pkgcache ""; Dir::Cache::srcpkgcache "";\n'
+    )
+
+
+def fetch_wheels(context: Path, progress: Progress = _quiet) -> None:
+    """Download the wheels ``<context>/wheels.txt`` asks for into ``<context>/wheels/`` (cached)."""
+    requirements = context / "wheels.txt"
+    if not requirements.is_file():
+        return
+    target = context / "wheels"
+    stamp = target / ".requirements.sha256"
+    digest = hashlib.sha256(requirements.read_bytes()).hexdigest()
+    if stamp.is_file() and stamp.read_text() == digest:
+        return
+    progress(f"downloading wheels for {context.name} ({requirements})")
+    if target.exists():
+        shutil.rmtree(target)
+    target.mkdir()
+    machine = platform.machine()
+    command = [
+        sys.executable, "-m", "pip", "download", "--quiet", "--disable-pip-version-check",
+        "--dest", str(target), "--only-binary=:all:", "--implementation", "cp",
+        "--python-version", "3.11", "--abi", "cp311", "--abi", "abi3", "--abi", "none",
+        "--platform", f"manylinux2014_{machine}", "--platform", f"manylinux_2_28_{machine}",
+        "--platform", "any", "-r", str(requirements),
+    ]  # fmt: skip
+    result = subprocess.run(command, capture_output=True, text=True, timeout=600, check=False)
+    if result.returncode != 0:
+        raise ImageBuildError(
+            f"pip download for {requirements} failed (the image needs these wheels):\n"
+            + "\n".join(result.stderr.splitlines()[-10:])
+        )
+    stamp.write_text(digest)
+
+
+def build_image(
+    client: docker.DockerClient,
+    context: Path,
+    tags: list[str],
+    *,
+    buildargs: Mapping[str, str] | None = None,
+    labels: Mapping[str, str] | None = None,
+    what: str = "",
+    progress: Progress = _quiet,
+) -> str:
+    """Build ``context`` (its Dockerfile) under ``tags``; returns the image id.
+
+    Raises:
+        ImageBuildError: naming ``what`` (e.g. the service) and the build's last lines.
+    """
+    name = what or context.name
+    if not (context / "Dockerfile").is_file():
+        raise ImageBuildError(f"{name}: no Dockerfile in build context {context}")
+    ensure_base_image(client, progress)
+    fetch_wheels(context, progress)
+    lines: list[str] = []
+    image_id = ""
+    try:
+        stream: Iterator[dict[str, Any]] = client.api.build(
+            path=str(context),
+            tag=tags[0],
+            buildargs=dict(buildargs or {}),
+            labels=dict(labels or {}),
+            rm=True,
+            forcerm=True,
+            decode=True,
+        )
+        for chunk in stream:
+            if "stream" in chunk:
+                lines.extend(chunk["stream"].rstrip("\n").splitlines())
+            if "error" in chunk:
+                lines.append(chunk["error"].strip())
+                raise ImageBuildError(
+                    f"building the image of {name} from {context} failed; last lines:\n"
+                    + "\n".join(lines[-15:])
+                )
+            if "aux" in chunk and "ID" in chunk["aux"]:
+                image_id = chunk["aux"]["ID"]
+    except docker.errors.APIError as exc:
+        raise ImageBuildError(f"building the image of {name} from {context} failed: {exc}") from exc
+    image = client.images.get(image_id or tags[0])
+    for ref in tags[1:]:
+        repo, _, tag = ref.rpartition(":")
+        image.tag(repo, tag)
+    progress(f"built {', '.join(tags)} from {context}")
+    return str(image.id)
+
+
+def recipe_digest(folder: Path) -> str:
+    """A short digest of every file in ``folder``: the tag of an image built from it."""
+    digest = hashlib.sha256()
+    for path in sorted(p for p in folder.rglob("*") if p.is_file()):
+        digest.update(path.relative_to(folder).as_posix().encode())
+        digest.update(path.read_bytes())
+    return digest.hexdigest()[:12]
+
+
+def save_images(refs: list[str], dest: Path) -> None:
+    """``docker save`` of ``refs`` from the local engine into one tar (shared layers once)."""
+    run_docker(["save", "-o", str(dest), *refs], timeout=600)

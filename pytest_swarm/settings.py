@@ -1,0 +1,276 @@
+"""Settings: every option resolved once, CLI > SWARM_* environment > ini > default.
+
+The resolution is a pure function of three mappings so it can be unit-tested without pytest;
+plugin.py gathers the mappings and keeps the frozen result in ``config.stash``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+PROVIDERS = ("dind", "uml", "machine", "attach")
+AVAILABLE_PROVIDERS = ("dind",)
+KEEP_CHOICES = ("never", "on-failure", "always")
+DEFAULT_STACKS = ("stacks/docker-compose.infra.yml", "stacks/docker-compose.yml")
+DEFAULT_NODE_LABELS = "master-1:reliability=high"
+
+
+class SettingsError(ValueError):
+    """A bad option value; plugin.py turns it into ``pytest.UsageError``."""
+
+
+@dataclass(frozen=True)
+class Option:
+    """One setting: its CLI flag, ini key and environment variable derive from ``name``."""
+
+    name: str  # e.g. "workers" -> --swarm-workers, swarm_workers, SWARM_WORKERS
+    help: str
+    default: str
+    ini_type: str = "string"  # "string" or "linelist" (pairs one per line)
+    flag: bool = False  # CLI flag without a value
+
+    @property
+    def cli(self) -> str:
+        return "--swarm-" + self.name.replace("_", "-")
+
+    @property
+    def ini(self) -> str:
+        return "swarm_" + self.name
+
+    @property
+    def env(self) -> str:
+        return "SWARM_" + self.name.upper()
+
+    @property
+    def dest(self) -> str:
+        return "swarm_" + self.name
+
+
+OPTIONS: tuple[Option, ...] = (
+    Option("env", "environment to deploy: envs/<NAME>.env", ""),
+    Option("provider", f"where the nodes come from: {', '.join(PROVIDERS)}", "dind"),
+    Option("workers", "number of worker nodes besides master-1", "2"),
+    Option("keep", f"keep the cluster after the run: {', '.join(KEEP_CHOICES)}", "never"),
+    Option("reuse", "attach to the cluster kept by an earlier run (--swarm-keep)", "false", flag=True),
+    Option("timeout", "seconds a stack gets to converge", "120"),
+    Option("stacks", "compose files in deploy order, comma separated", ",".join(DEFAULT_STACKS)),
+    Option("envs_dir", "folder holding <env>.env files", "envs"),
+    Option("node_labels", "swarm node labels, NODE:KEY=VALUE", DEFAULT_NODE_LABELS, "linelist"),
+    Option("engine_labels", "engine labels, NODE:KEY=VALUE (NODE * = all)", "", "linelist"),
+    Option("build", "images built from source, SERVICE=BUILD_CONTEXT", "", "linelist"),
+    Option(
+        "offline_images",
+        "images built only when the rendered image can't be pulled, SERVICE=BUILD_CONTEXT",
+        "",
+        "linelist",
+    ),
+)
+OPTIONS_BY_NAME = {o.name: o for o in OPTIONS}
+
+Labels = Mapping[str, Mapping[str, str]]
+
+
+@dataclass(frozen=True)
+class Settings:
+    """The effective configuration of one pytest run."""
+
+    rootdir: Path
+    env: str | None = None
+    provider: str = "dind"
+    workers: int = 2
+    keep: str = "never"
+    reuse: bool = False
+    timeout: float = 120.0
+    stacks: tuple[Path, ...] = ()
+    envs_dir: Path = Path("envs")
+    node_labels: Labels = field(default_factory=dict)
+    engine_labels: Labels = field(default_factory=dict)
+    build: Mapping[str, Path] = field(default_factory=dict)
+    offline_images: Mapping[str, Path] = field(default_factory=dict)
+    sources: Mapping[str, str] = field(default_factory=dict)  # option -> cli|env|ini|default
+
+    @property
+    def env_file(self) -> Path | None:
+        return None if self.env is None else self.envs_dir / f"{self.env}.env"
+
+    @property
+    def node_names(self) -> tuple[str, ...]:
+        return ("master-1", *(f"worker-{i}" for i in range(1, self.workers + 1)))
+
+    def labels_for(self, node: str, labels: Labels) -> dict[str, str]:
+        """Labels of ``node``: those given for ``*`` first, then the node's own."""
+        return {**labels.get("*", {}), **labels.get(node, {})}
+
+    def describe(self) -> str:
+        """One line for the report header."""
+        stacks = ",".join(_short(p, self.rootdir) for p in self.stacks)
+        return (
+            f"swarm: provider={self.provider} env={self.env or '-'} workers={self.workers} "
+            f"keep={self.keep} reuse={'yes' if self.reuse else 'no'} timeout={self.timeout:g}s "
+            f"stacks={stacks}"
+        )
+
+
+def _short(path: Path, root: Path) -> str:
+    try:
+        return str(path.relative_to(root))
+    except ValueError:
+        return str(path)
+
+
+def available_envs(envs_dir: Path) -> list[str]:
+    return sorted(p.stem for p in envs_dir.glob("*.env")) if envs_dir.is_dir() else []
+
+
+def resolve(
+    cli: Mapping[str, Any],
+    environ: Mapping[str, str],
+    ini: Mapping[str, Any],
+    rootdir: Path,
+) -> Settings:
+    """Resolve the settings. ``cli`` and ``ini`` are keyed by option name; unset is None/''/[].
+
+    Raises:
+        SettingsError: a value is invalid; the message names the valid ones.
+    """
+    raw: dict[str, str | list[str]] = {}
+    sources: dict[str, str] = {}
+    for opt in OPTIONS:
+        for source, value in (
+            ("cli", cli.get(opt.name)),
+            ("env", environ.get(opt.env)),
+            ("ini", ini.get(opt.name)),
+            ("default", opt.default),
+        ):
+            if value not in (None, "", []):
+                raw[opt.name] = value
+                sources[opt.name] = source
+                break
+        else:
+            raw[opt.name] = ""
+            sources[opt.name] = "default"
+
+    def text(name: str) -> str:
+        value = raw[name]
+        return " ".join(value) if isinstance(value, list) else str(value).strip()
+
+    def items(name: str) -> list[str]:
+        value = raw[name]
+        parts = value if isinstance(value, list) else str(value).replace(",", " ").split()
+        return [p.strip() for p in parts if p.strip()]
+
+    def path(value: str) -> Path:
+        p = Path(value).expanduser()
+        return p if p.is_absolute() else rootdir / p
+
+    provider = _choice("provider", text("provider"), PROVIDERS)
+    if provider not in AVAILABLE_PROVIDERS:
+        raise SettingsError(
+            f"--swarm-provider={provider} is not available yet; "
+            f"available: {', '.join(AVAILABLE_PROVIDERS)}"
+        )
+    envs_dir = path(text("envs_dir"))
+    env = text("env") or None
+    if env is not None and not (envs_dir / f"{env}.env").is_file():
+        found = available_envs(envs_dir)
+        listing = ", ".join(found) if found else f"none: {envs_dir} has no *.env file"
+        raise SettingsError(f"--swarm-env={env}: no file {envs_dir / (env + '.env')}; found: {listing}")
+    stacks = tuple(path(p) for p in items("stacks"))
+    if env is not None:
+        missing = [str(p) for p in stacks if not p.is_file()]
+        if missing:
+            raise SettingsError(
+                f"--swarm-stacks: compose file not found: {', '.join(missing)} "
+                "(give existing files, comma separated, in deploy order)"
+            )
+
+    return Settings(
+        rootdir=rootdir,
+        env=env,
+        provider=provider,
+        workers=_integer("workers", text("workers"), minimum=0),
+        keep=_choice("keep", text("keep"), KEEP_CHOICES),
+        reuse=_boolean("reuse", text("reuse")),
+        timeout=_number("timeout", text("timeout")),
+        stacks=stacks,
+        envs_dir=envs_dir,
+        node_labels=parse_node_labels("node_labels", items("node_labels")),
+        engine_labels=parse_node_labels("engine_labels", items("engine_labels")),
+        build=_service_paths("build", items("build"), path),
+        offline_images=_service_paths("offline_images", items("offline_images"), path),
+        sources=sources,
+    )
+
+
+def _choice(name: str, value: str, choices: Sequence[str]) -> str:
+    if value not in choices:
+        raise SettingsError(
+            f"{OPTIONS_BY_NAME[name].cli}={value!r} is not valid; choose one of: {', '.join(choices)}"
+        )
+    return value
+
+
+def _integer(name: str, value: str, minimum: int) -> int:
+    try:
+        number = int(value)
+    except ValueError:
+        number = minimum - 1
+    if number < minimum:
+        raise SettingsError(
+            f"{OPTIONS_BY_NAME[name].cli}={value!r} is not valid; give a whole number >= {minimum}"
+        )
+    return number
+
+
+def _number(name: str, value: str) -> float:
+    try:
+        number = float(value)
+    except ValueError:
+        number = -1.0
+    if not number > 0:
+        raise SettingsError(
+            f"{OPTIONS_BY_NAME[name].cli}={value!r} is not valid; give a number of seconds > 0"
+        )
+    return number
+
+
+def _boolean(name: str, value: str) -> bool:
+    lowered = value.lower()
+    if lowered in ("1", "true", "yes", "on"):
+        return True
+    if lowered in ("0", "false", "no", "off"):
+        return False
+    raise SettingsError(f"{OPTIONS_BY_NAME[name].ini}={value!r} is not valid; use true or false")
+
+
+def parse_node_labels(name: str, entries: Sequence[str]) -> dict[str, dict[str, str]]:
+    """``master-1:reliability=high`` entries -> {"master-1": {"reliability": "high"}}."""
+    labels: dict[str, dict[str, str]] = {}
+    for entry in entries:
+        node, sep, pair = entry.partition(":")
+        key, eq, value = pair.partition("=")
+        if not (sep and eq and node and key):
+            raise SettingsError(
+                f"{OPTIONS_BY_NAME[name].ini}: {entry!r} is not valid; "
+                "write NODE:KEY=VALUE, e.g. master-1:reliability=high"
+            )
+        labels.setdefault(node, {})[key] = value
+    return labels
+
+
+def _service_paths(
+    name: str, entries: Sequence[str], path: Callable[[str], Path]
+) -> dict[str, Path]:
+    result: dict[str, Path] = {}
+    for entry in entries:
+        service, eq, context = entry.partition("=")
+        if not (eq and service and context):
+            raise SettingsError(
+                f"{OPTIONS_BY_NAME[name].ini}: {entry!r} is not valid; "
+                "write SERVICE=BUILD_CONTEXT, e.g. ui=stacks/images/ui"
+            )
+        result[service] = path(context)
+    return result
