@@ -1,0 +1,172 @@
+"""Who owns what: session ids, owner labels, the run folder, kept clusters and the sweep.
+
+Everything a run creates carries ``io.pytest-swarm.session=<id>`` and
+``io.pytest-swarm.owner=<boot id>/<pid>/<process start time>``. A later run removes what an
+earlier one left only when that owner process is gone (same boot, pid not alive with the same
+start time; or another boot) and the cluster was not kept.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+SESSION_LABEL = "io.pytest-swarm.session"
+OWNER_LABEL = "io.pytest-swarm.owner"
+RUN_ROOT = Path(tempfile.gettempdir()) / "pytest-swarm"
+CGROUP_ROOT = Path("/sys/fs/cgroup")
+CGROUP_PREFIX = "pytest-swarm-"
+KEPT_FILE = "kept.json"  # in the run folder: the cluster is kept, and how to reach it
+STATE_DIR = ".pytest-swarm"  # under the rootdir: which kept cluster belongs to this project
+
+
+def boot_id() -> str:
+    try:
+        return Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+    except OSError:
+        return "unknown"
+
+
+def process_start_time(pid: int) -> str:
+    """Field 22 of /proc/<pid>/stat: tells a live owner from a reused pid."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return ""
+    return stat.rsplit(")", 1)[1].split()[19]
+
+
+def owner_token(pid: int | None = None) -> str:
+    pid = os.getpid() if pid is None else pid
+    return f"{boot_id()}/{pid}/{process_start_time(pid)}"
+
+
+def owner_alive(token: str) -> bool:
+    try:
+        boot, pid_text, start = token.split("/")
+        pid = int(pid_text)
+    except ValueError:
+        return False
+    if boot != boot_id():
+        return False
+    return bool(start) and process_start_time(pid) == start
+
+
+@dataclass(frozen=True)
+class Session:
+    """One run's identity and its folder for sockets, logs and rendered stacks."""
+
+    id: str
+    owner: str
+
+    @classmethod
+    def new(cls) -> Session:
+        return cls(id=uuid.uuid4().hex[:8], owner=owner_token())
+
+    @property
+    def labels(self) -> dict[str, str]:
+        return {SESSION_LABEL: self.id, OWNER_LABEL: self.owner}
+
+    @property
+    def run_dir(self) -> Path:
+        return RUN_ROOT / self.id
+
+    @property
+    def prefix(self) -> str:
+        """Prefix of every container, network and volume name of this session."""
+        return f"pswarm-{self.id}"
+
+    @property
+    def cgroup_prefix(self) -> str:
+        return f"{CGROUP_PREFIX}{self.id}-"
+
+    def make_run_dir(self) -> Path:
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        (self.run_dir / "owner").write_text(self.owner)
+        return self.run_dir
+
+
+def is_kept(session_id: str) -> bool:
+    return (RUN_ROOT / session_id / KEPT_FILE).is_file()
+
+
+def write_kept(session: Session, rootdir: Path, record: dict[str, Any]) -> Path:
+    """Mark the session's cluster as kept; point the project's state file at it."""
+    (session.run_dir / KEPT_FILE).write_text(json.dumps(record, indent=2))
+    state = rootdir / STATE_DIR / KEPT_FILE
+    state.parent.mkdir(exist_ok=True)
+    (state.parent / ".gitignore").write_text("*\n")
+    state.write_text(json.dumps({"session": session.id, **record}, indent=2))
+    return state
+
+
+def read_kept(rootdir: Path) -> dict[str, Any] | None:
+    """The kept cluster recorded for this project, if it is still kept."""
+    state = rootdir / STATE_DIR / KEPT_FILE
+    try:
+        record: dict[str, Any] = json.loads(state.read_text())
+    except (OSError, ValueError):
+        return None
+    return record if is_kept(str(record.get("session", ""))) else None
+
+
+def forget_kept(session_id: str, rootdir: Path | None) -> None:
+    (RUN_ROOT / session_id / KEPT_FILE).unlink(missing_ok=True)
+    if rootdir is not None:
+        state = rootdir / STATE_DIR / KEPT_FILE
+        record = read_kept_raw(state)
+        if record.get("session") == session_id:
+            state.unlink(missing_ok=True)
+
+
+def read_kept_raw(state: Path) -> dict[str, Any]:
+    try:
+        record: dict[str, Any] = json.loads(state.read_text())
+    except (OSError, ValueError):
+        return {}
+    return record
+
+
+def cgroup_dirs(prefix: str) -> list[Path]:
+    """Host cgroup folders named ``prefix*`` (v1: one per hierarchy; v2: one)."""
+    if not CGROUP_ROOT.is_dir():
+        return []
+    found = list(CGROUP_ROOT.glob(f"{prefix}*")) + list(CGROUP_ROOT.glob(f"*/{prefix}*"))
+    return [p for p in found if p.is_dir()]
+
+
+def remove_cgroup_tree(top: Path) -> list[str]:
+    """rmdir a cgroup folder bottom-up (cgroup files can't be unlinked, folders can)."""
+    problems: list[str] = []
+    for folder in sorted((p for p in [top, *top.rglob("*")] if p.is_dir()), key=lambda p: -len(p.parts)):
+        try:
+            folder.rmdir()
+        except FileNotFoundError:
+            pass
+        except OSError as exc:
+            problems.append(f"{folder}: {exc.strerror}")
+    return problems
+
+
+def remove_run_dir(session_id: str) -> None:
+    shutil.rmtree(RUN_ROOT / session_id, ignore_errors=True)
+
+
+def stale_run_dirs() -> Iterator[str]:
+    """Session ids of run folders whose owner is gone and whose cluster was not kept."""
+    if not RUN_ROOT.is_dir():
+        return
+    for folder in RUN_ROOT.iterdir():
+        try:
+            token = (folder / "owner").read_text().strip()
+        except OSError:
+            token = ""
+        if not is_kept(folder.name) and not owner_alive(token):
+            yield folder.name

@@ -1,0 +1,157 @@
+"""The provider contract, and the swarm formation every provider shares.
+
+A provider brings up (or attaches to) nodes whose engines it can reach; forming the swarm on
+them, labelling and waiting for readiness is the same everywhere, so it lives here.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Protocol, TypeVar
+
+import docker
+import docker.errors
+import requests
+
+from ..cluster import Cluster, Node
+from ..errors import ProvisioningError
+from ..waiting import Poll, wait_for
+
+T = TypeVar("T")
+R = TypeVar("R")
+# What an engine throws while it is still starting or restarting.
+TRANSIENT = (docker.errors.APIError, requests.exceptions.ConnectionError, ConnectionError, OSError)
+
+
+# Engine 20.10's API: the oldest this project supports (service status needs it); newer engines
+# still speak it. Fixing it lets a client be made before its engine answers.
+API_VERSION = "1.41"
+
+
+def engine_client(url: str) -> docker.DockerClient:
+    return docker.DockerClient(base_url=url, version=API_VERSION, timeout=120)
+
+
+class Provider(Protocol):
+    """Brings up or attaches to swarm nodes. ``up`` returns once every node is Ready/Active."""
+
+    name: str
+
+    def up(self) -> Cluster: ...
+    def add_node(self, role: str = "worker", labels: Mapping[str, str] | None = None) -> str: ...
+    def remove_node(self, name: str) -> None: ...
+    def stop_node(self, name: str) -> None: ...
+    def start_node(self, name: str) -> None: ...
+    def load_images(self, refs: Sequence[str]) -> None: ...
+    def address(self, node: str) -> str: ...
+    def host_spec(self, node: str) -> str: ...
+    def keep(self) -> dict[str, str]: ...
+    def down(self) -> None: ...
+
+
+@dataclass
+class Engine:
+    """A node's engine as the provider reaches it before the swarm exists."""
+
+    name: str
+    client: docker.DockerClient
+    address: str  # the node's address on the cluster network (advertise address)
+
+
+def parallel(func: Callable[[T], R], items: Sequence[T]) -> list[R]:
+    """Run ``func`` over ``items`` in threads; the first exception is raised after all finish."""
+    if not items:
+        return []
+    with ThreadPoolExecutor(max_workers=min(8, len(items))) as pool:
+        futures = [pool.submit(func, item) for item in items]
+    return [f.result() for f in futures]
+
+
+def form_swarm(manager: Engine, workers: Sequence[Engine]) -> None:
+    """``swarm init`` on the manager with an explicit advertise address; workers join in parallel."""
+    manager.client.swarm.init(advertise_addr=manager.address, listen_addr="0.0.0.0:2377")
+    token = manager.client.swarm.attrs["JoinTokens"]["Worker"]
+    parallel(lambda engine: join(engine, manager.address, token), workers)
+
+
+def join(engine: Engine, manager_address: str, token: str) -> None:
+    try:
+        engine.client.swarm.join(
+            remote_addrs=[f"{manager_address}:2377"],
+            join_token=token,
+            advertise_addr=engine.address,
+            listen_addr="0.0.0.0:2377",
+        )
+    except docker.errors.APIError as exc:
+        raise ProvisioningError(
+            f"{engine.name} could not join the swarm at {manager_address}:2377: {exc.explanation}"
+        ) from exc
+
+
+def apply_node_labels(client: docker.DockerClient, labels: Mapping[str, Mapping[str, str]]) -> None:
+    """Add swarm node labels (``docker node update --label-add``) by hostname."""
+    nodes = {Node(n).name: n for n in client.api.nodes()}
+    for name, wanted in labels.items():
+        if name == "*" or not wanted:
+            continue
+        if name not in nodes:
+            raise ProvisioningError(
+                f"swarm_node_labels names node {name!r}, which is not in the cluster "
+                f"({', '.join(sorted(nodes))})"
+            )
+        raw = nodes[name]
+        spec = dict(raw["Spec"])
+        spec["Labels"] = {**(spec.get("Labels") or {}), **wanted}
+        client.api.update_node(raw["ID"], raw["Version"]["Index"], spec)
+
+
+def wait_ready(
+    client: docker.DockerClient,
+    expected: Sequence[str],
+    timeout: float,
+    on_timeout_hint: Callable[[list[str]], str] = lambda _nodes: "",
+) -> list[Node]:
+    """Wait until every expected node is Ready/Active and a Leader is elected."""
+
+    def probe() -> Poll[list[Node]]:
+        nodes = {n.name: n for n in (Node(raw) for raw in client.api.nodes())}
+        not_ready = [n for n in expected if n not in nodes or not nodes[n].ready]
+        leader = any(n.leader for n in nodes.values())
+        states = ", ".join(
+            f"{n}={nodes[n].state}/{nodes[n].availability}" if n in nodes else f"{n}=absent"
+            for n in expected
+        )
+        state = f"{states}; leader {'elected' if leader else 'none'}"
+        return Poll(not not_ready and leader, state, list(nodes.values()))
+
+    try:
+        poll = wait_for(probe, what="every node Ready/Active", timeout=timeout, interval=0.1,
+                        transient=TRANSIENT)  # fmt: skip
+    except Exception as exc:
+        nodes = {Node(raw).name: Node(raw) for raw in _nodes_or_empty(client)}
+        late = [n for n in expected if n not in nodes or not nodes[n].ready]
+        hint = on_timeout_hint(late)
+        raise ProvisioningError(f"{exc}\n{hint}".rstrip()) from exc
+    return poll.value or []
+
+
+def _nodes_or_empty(client: docker.DockerClient) -> list[dict[str, object]]:
+    try:
+        return list(client.api.nodes())
+    except TRANSIENT:
+        return []
+
+
+def wait_engine(client: docker.DockerClient, name: str, timeout: float, check_alive: Callable[[], str]) -> None:
+    """Wait until an engine answers ``/_ping``; fail at once if its node died (check_alive says why)."""
+
+    def probe() -> Poll[None]:
+        dead = check_alive()
+        if dead:
+            raise ProvisioningError(f"{name}: {dead}")
+        client.ping()
+        return Poll(True, "answering")
+
+    wait_for(probe, what=f"the engine of {name}", timeout=timeout, interval=0.1, transient=TRANSIENT)
