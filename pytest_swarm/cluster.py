@@ -217,6 +217,7 @@ class Cluster:
         manager_url: the manager's API endpoint, e.g. ``unix:///tmp/.../docker.sock``.
         addresses: node name -> address reachable from the test runner.
         capabilities: node name -> capability -> present (e.g. "ipvs").
+        engines: node name -> a docker client on that node's own engine, where reachable.
         seconds_to_ready: how long provisioning (or attaching) took.
     """
 
@@ -225,6 +226,7 @@ class Cluster:
     manager_url: str
     addresses: dict[str, str]
     capabilities: dict[str, dict[str, bool]] = field(default_factory=dict)
+    engines: dict[str, docker.DockerClient] = field(default_factory=dict)
     seconds_to_ready: float = 0.0
 
     def nodes(self) -> list[Node]:

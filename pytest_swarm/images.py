@@ -21,6 +21,7 @@ import sys
 import tarfile
 import tempfile
 from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -253,3 +254,77 @@ def recipe_digest(folder: Path) -> str:
 def save_images(refs: list[str], dest: Path) -> None:
     """``docker save`` of ``refs`` from the local engine into one tar (shared layers once)."""
     run_docker(["save", "-o", str(dest), *refs], timeout=600)
+
+
+STANDIN_LABEL = "io.pytest-swarm.standin"
+
+
+@dataclass
+class ImagePlan:
+    """The images a rendered stack needs, made present on the local engine."""
+
+    refs: list[str] = field(default_factory=list)  # to put on every node
+    built: list[str] = field(default_factory=list)
+    standins: dict[str, str] = field(default_factory=dict)  # service -> image
+
+
+def prepare_images(
+    client: docker.DockerClient,
+    service_images: Mapping[str, str],
+    build: Mapping[str, Path],
+    offline: Mapping[str, Path],
+    progress: Progress = _quiet,
+) -> ImagePlan:
+    """Build, pull or find every image the stack's services use, under the rendered names.
+
+    ``build`` contexts are always built (the build cache makes an unchanged one cheap);
+    ``offline`` contexts only when the image can't be pulled and is not already present.
+    Build args: ``VERSION`` = the image's tag.
+
+    Raises:
+        ImageBuildError: an image is neither present, buildable nor pullable: names the service.
+    """
+    plan = ImagePlan()
+    for service, ref in sorted(service_images.items()):
+        tag = ref.rpartition(":")[2] if ":" in ref.rsplit("/", 1)[-1] else "latest"
+        if service in build:
+            build_image(client, build[service], [ref], buildargs={"VERSION": tag}, what=service,
+                        progress=progress)  # fmt: skip
+            plan.built.append(ref)
+        elif image_exists(client, ref) and not _is_standin(client, ref):
+            pass
+        elif service in offline:
+            if not _pull(client, ref):  # a real image where a registry answers
+                build_image(client, offline[service], [ref], buildargs={"VERSION": tag},
+                            labels={STANDIN_LABEL: service}, what=service, progress=progress)  # fmt: skip
+                plan.standins[service] = ref
+        elif not _pull(client, ref):
+            raise ImageBuildError(
+                f"image {ref} of service {service} is not on the local engine and can't be pulled; "
+                f"build it (docker build -t {ref} ...) or name its build context in swarm_build "
+                f"({service}=path/to/context)"
+            )
+        plan.refs.append(ref)
+    return plan
+
+
+def _is_standin(client: docker.DockerClient, ref: str) -> bool:
+    try:
+        labels = client.images.get(ref).labels or {}
+    except docker.errors.ImageNotFound:
+        return False
+    return STANDIN_LABEL in labels
+
+
+def _pull(client: docker.DockerClient, ref: str) -> bool:
+    try:
+        client.images.pull(ref)
+    except docker.errors.APIError:
+        return False
+    return True
+
+
+def load_image_file(client: docker.DockerClient, tar: Path) -> None:
+    """``docker load`` a tar written by save_images into the engine of ``client``."""
+    with open(tar, "rb") as handle:
+        client.api.load_image(handle, quiet=True)

@@ -152,6 +152,7 @@ class DindProvider:
                 client=manager.client,
                 manager_url=self.socket_url("master-1"),
                 addresses={n: self._engines[n].address for n in names},
+                engines={n: self._engines[n].client for n in names},
             )
             self.cluster.capabilities = probe_capabilities(self, names)
             self.cluster.seconds_to_ready = time.monotonic() - started
@@ -173,6 +174,7 @@ class DindProvider:
             client=manager.client,
             manager_url=self.socket_url("master-1"),
             addresses={n: e.address for n, e in self._engines.items()},
+            engines={n: e.client for n, e in self._engines.items()},
         )
         self.cluster.capabilities = probe_capabilities(self, list(nodes))
         self.cluster.seconds_to_ready = time.monotonic() - started
@@ -250,6 +252,7 @@ class DindProvider:
         if labels:
             apply_node_labels(manager.client, {name: labels})
         self.cluster.addresses[name] = engine.address
+        self.cluster.engines[name] = engine.client
         self.cluster.capabilities.update(probe_capabilities(self, [name]))
         self.progress(f"node {name} joined as {role}")
         return name
@@ -270,6 +273,7 @@ class DindProvider:
             manager.api.remove_node(node_id, force=True)
         if self.cluster is not None:
             self.cluster.addresses.pop(name, None)
+            self.cluster.engines.pop(name, None)
             self.cluster.capabilities.pop(name, None)
 
     def stop_node(self, name: str) -> None:

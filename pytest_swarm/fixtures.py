@@ -1,0 +1,116 @@
+"""The fixtures: short wrappers around SwarmLifecycle. Override any of them in a conftest.py."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import testinfra
+
+from .capabilities import FEATURES, skip_reason
+from .cluster import Cluster
+from .errors import SwarmError
+from .lifecycle import lifecycle_of
+from .settings import available_envs
+from .stack import DeployedStack, StackSource
+
+
+@pytest.fixture(scope="session")
+def swarm(request: pytest.FixtureRequest) -> Iterator[Cluster]:
+    """The swarm of this run: master-1 (Leader) and worker-1..N, Ready/Active and labelled.
+
+    Yields a :class:`pytest_swarm.cluster.Cluster`: ``nodes()``, ``services()``, ``addresses``,
+    ``capabilities``, ``client`` (docker SDK on the manager). Brought up once per run by
+    ``--swarm-provider``; removed at the end unless ``--swarm-keep`` says otherwise.
+    Override it in a conftest.py to hand the suites a cluster of your own.
+    """
+    lifecycle = lifecycle_of(request.config)
+    try:
+        cluster = lifecycle.cluster()
+    except SwarmError as exc:
+        lifecycle.finish(failed=True)
+        pytest.fail(f"swarm: {exc}", pytrace=False)
+    try:
+        yield cluster
+    finally:
+        lifecycle.finish(failed=request.session.testsfailed > 0)
+
+
+@pytest.fixture(scope="session")
+def swarm_stack(request: pytest.FixtureRequest, swarm: Cluster) -> DeployedStack:
+    """The stack of ``--swarm-env``, deployed from ``--swarm-stacks`` and converged.
+
+    Yields a :class:`pytest_swarm.stack.DeployedStack`: ``name`` (e.g. DEV), ``model`` (the
+    rendered compose files), ``values`` (the env file), ``services()``, ``service("ui")``.
+    Override it in a conftest.py to deploy something else for every suite.
+    """
+    lifecycle = lifecycle_of(request.config)
+    env = lifecycle.settings.env
+    if env is None:
+        found = ", ".join(available_envs(lifecycle.settings.envs_dir)) or "none"
+        pytest.fail(f"swarm_stack needs --swarm-env NAME (env files found: {found})", pytrace=False)
+    try:
+        return lifecycle.stack(lifecycle.source(env))
+    except SwarmError as exc:
+        pytest.fail(f"swarm: {exc}", pytrace=False)
+
+
+@pytest.fixture
+def deploy_stack(request: pytest.FixtureRequest, swarm: Cluster) -> Iterator[Callable[..., DeployedStack]]:
+    """A factory: ``deploy_stack(env="stage", compose_files=None, name=None, timeout=None)``.
+
+    Deploys another env, or other compose files (paths), on the session's cluster, waits for
+    convergence and returns the :class:`DeployedStack`. Every stack it made is removed when
+    the test ends.
+    """
+    lifecycle = lifecycle_of(request.config)
+    made: list[DeployedStack] = []
+
+    def factory(
+        env: str | None = None,
+        compose_files: list[Path] | tuple[Path, ...] | None = None,
+        env_file: Path | None = None,
+        timeout: float | None = None,
+    ) -> DeployedStack:
+        name = env or lifecycle.settings.env
+        if name is None and env_file is None:
+            raise SwarmError("deploy_stack needs env= or env_file= (or --swarm-env)")
+        source = StackSource(
+            env=name or Path(str(env_file)).stem,
+            env_file=env_file or lifecycle.settings.envs_dir / f"{name}.env",
+            compose_files=tuple(compose_files or lifecycle.settings.stacks),
+        )
+        try:
+            return lifecycle.deploy(source, timeout, on_deployed=made.append)
+        except SwarmError as exc:
+            pytest.fail(f"swarm: {exc}", pytrace=False)
+
+    yield factory
+    for stack in reversed(made):
+        stack.remove()
+
+
+@pytest.fixture(scope="session")
+def swarm_node_hosts(request: pytest.FixtureRequest, swarm: Cluster) -> dict[str, Any]:
+    """node name -> a testinfra Host whose commands run inside that node (its kernel, its engine).
+
+    Example: ``swarm_node_hosts["worker-1"].run("cat /proc/loadavg")``.
+    """
+    provider = lifecycle_of(request.config).provider
+    assert provider is not None
+    return {name: testinfra.get_host(provider.host_spec(name)) for name in swarm.addresses}
+
+
+@pytest.fixture(autouse=True)
+def _swarm_capability_gate(request: pytest.FixtureRequest) -> None:
+    """Skip at once a test marked needs_routing_mesh / needs_vip on a cluster without IPVS."""
+    for marker in FEATURES:
+        if request.node.get_closest_marker(marker) is None:
+            continue
+        cluster: Cluster = request.getfixturevalue("swarm")
+        capability, _ = FEATURES[marker]
+        missing = cluster.missing_capability(capability)
+        if missing:
+            pytest.skip(skip_reason(marker, missing))

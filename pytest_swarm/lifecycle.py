@@ -1,0 +1,172 @@
+"""One run's swarm: brought up (or reattached) once, stacks deployed once each, then removed or kept.
+
+The session fixtures are thin ``with``-style wrappers around this object; the plugin's terminal
+summary reads what it recorded.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import docker
+import pytest
+
+from .cluster import Cluster
+from .errors import ProvisioningError, SwarmError
+from .ownership import Session, forget_kept, read_kept, write_kept
+from .providers.base import Provider
+from .providers.dind import DindProvider, local_engine, remove_session
+from .settings import Settings
+from .stack import DeployedStack, StackSource, deploy
+
+Progress = Callable[[str], None]
+LIFECYCLE = pytest.StashKey["SwarmLifecycle"]()
+
+
+def lifecycle_of(config: pytest.Config) -> SwarmLifecycle:
+    return config.stash[LIFECYCLE]
+
+
+class SwarmLifecycle:
+    """Owns the provider, the cluster and the deployed stacks of one pytest run."""
+
+    def __init__(self, settings: Settings, progress: Progress) -> None:
+        self.settings = settings
+        self.progress = progress
+        self.session = Session.new()
+        self.provider: Provider | None = None
+        self._cluster: Cluster | None = None
+        self._error: BaseException | None = None
+        self.reused = False
+        self.stacks: dict[tuple[str, tuple[Path, ...]], DeployedStack] = {}
+        self.summary: list[str] = []
+        self._local: docker.DockerClient | None = None
+
+    @property
+    def local(self) -> docker.DockerClient:
+        """The engine images are built on (and, for dind, the nodes run on)."""
+        if self._local is None:
+            self._local = local_engine()
+        return self._local
+
+    def cluster(self) -> Cluster:
+        """The cluster, brought up on first use; a failure is remembered, not retried per test."""
+        if self._error is not None:
+            raise self._error
+        if self._cluster is None:
+            try:
+                self._cluster = self._reattach() if self.settings.reuse else None
+                if self._cluster is None:
+                    self._cluster = self._up()
+            except BaseException as exc:
+                self._error = exc
+                raise
+            self._announce(self._cluster)
+        return self._cluster
+
+    def _provider(self, session: Session) -> DindProvider:
+        s = self.settings
+        return DindProvider(
+            session, workers=s.workers, node_labels=s.node_labels, engine_labels=s.engine_labels,
+            timeout=s.timeout, progress=self.progress, client=self.local,
+        )  # fmt: skip
+
+    def _up(self) -> Cluster:
+        provider = self._provider(self.session)
+        self.provider = provider
+        self.progress(f"provisioning {self.settings.provider}: master-1 + {self.settings.workers} workers")
+        return provider.up()
+
+    def _reattach(self) -> Cluster | None:
+        record = read_kept(self.settings.rootdir)
+        if record is None:
+            self.progress("--swarm-reuse: no kept cluster for this project; creating one (it will be kept)")
+            return None
+        session = Session(id=str(record["session"]), owner=self.session.owner)
+        provider = self._provider(session)
+        try:
+            cluster = provider.attach(str(record["nodes"]).split(","))
+        except (SwarmError, docker.errors.DockerException) as exc:
+            self.progress(f"--swarm-reuse: kept cluster {session.id} is not usable ({exc}); replacing it")
+            provider.down()
+            forget_kept(session.id, self.settings.rootdir)
+            return None
+        self.session, self.provider, self.reused = session, provider, True
+        return cluster
+
+    def _announce(self, cluster: Cluster) -> None:
+        verb = "reattached" if self.reused else "ready"
+        self.progress(f"cluster {self.session.id} {verb} in {cluster.seconds_to_ready:.1f} s")
+        for node in cluster.nodes():
+            caps = cluster.capabilities.get(node.name, {})
+            flags = " ".join(f"{k}={'yes' if v else 'NO'}" for k, v in sorted(caps.items()))
+            self.progress(f"  {node.describe()}, {flags}")
+
+    def stack(self, source: StackSource) -> DeployedStack:
+        """The stack of ``source``, deployed (once per run) and converged."""
+        key = (source.env, source.compose_files)
+        if key not in self.stacks:
+            self.stacks[key] = self.deploy(source)
+        return self.stacks[key]
+
+    def deploy(
+        self,
+        source: StackSource,
+        timeout: float | None = None,
+        on_deployed: Callable[[DeployedStack], None] = lambda _stack: None,
+    ) -> DeployedStack:
+        """Deploy ``source`` on the cluster (not cached) and wait for it to converge."""
+        cluster = self.cluster()
+        assert self.provider is not None
+        stack = deploy(
+            cluster, self.provider.load_images, source, local=self.local,
+            build=self.settings.build, offline=self.settings.offline_images,
+            timeout=timeout or self.settings.timeout, progress=self.progress,
+            on_deployed=on_deployed,
+        )  # fmt: skip
+        for service in stack.standins:
+            line = f"{stack.name}: {service} runs a stand-in image ({stack.declared(service).get('image')})"
+            if line not in self.summary:
+                self.summary.append(line)
+        return stack
+
+    def source(self, env: str, compose_files: tuple[Path, ...] | None = None) -> StackSource:
+        return StackSource(
+            env=env,
+            env_file=self.settings.envs_dir / f"{env}.env",
+            compose_files=compose_files or self.settings.stacks,
+        )
+
+    def finish(self, failed: bool) -> None:
+        """Remove the cluster, or keep it (--swarm-keep, --swarm-reuse) and say how to reach it."""
+        if self.provider is None:
+            return
+        s = self.settings
+        keep = s.keep == "always" or (s.keep == "on-failure" and failed)
+        if s.reuse and s.sources.get("keep") == "default":
+            keep = True  # reuse means: leave it for the next run, unless told --swarm-keep=never
+        if keep and self._cluster is not None:
+            record = self.provider.keep()
+            write_kept(self.session, s.rootdir, record)
+            self.summary.append(
+                f"cluster {self.session.id} kept: DOCKER_HOST={record['DOCKER_HOST']} docker node ls; "
+                "reuse it with --swarm-reuse; remove it with: python -m pytest_swarm down"
+            )
+            return
+        self.provider.down()
+        forget_kept(self.session.id, s.rootdir)
+        self.summary.append(f"cluster {self.session.id} removed")
+
+
+def down_kept(rootdir: Path) -> str:
+    """Remove the cluster kept for ``rootdir``; returns what was done."""
+    record = read_kept(rootdir)
+    if record is None:
+        return f"no kept cluster recorded under {rootdir}"
+    session_id = str(record["session"])
+    problems = remove_session(local_engine(), session_id)
+    forget_kept(session_id, rootdir)
+    if problems:
+        raise ProvisioningError(f"cluster {session_id} removed, but: {'; '.join(problems)}")
+    return f"cluster {session_id} removed"

@@ -1,0 +1,96 @@
+"""pytest hooks only: options, settings, markers, header, signals and the terminal summary.
+
+The work lives in lifecycle.py (cluster and stacks) and fixtures.py (what tests receive).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+from types import FrameType
+from typing import Any
+
+import pytest
+
+from .capabilities import FEATURES
+from .lifecycle import LIFECYCLE, SwarmLifecycle, lifecycle_of
+from .settings import OPTIONS, Settings, SettingsError, resolve
+
+pytest_plugins = ["pytest_swarm.fixtures"]
+
+SETTINGS = pytest.StashKey[Settings]()
+_PREVIOUS_SIGTERM = pytest.StashKey[Any]()
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    group = parser.getgroup("swarm", "Docker Swarm acceptance testing (pytest-swarm)")
+    for opt in OPTIONS:
+        help_text = f"{opt.help} (ini {opt.ini}, env {opt.env}; default {opt.default or 'none'})"
+        if opt.ini_type != "linelist":
+            if opt.flag:
+                group.addoption(opt.cli, dest=opt.dest, action="store_const", const="true",
+                                default=None, help=help_text)  # fmt: skip
+            else:
+                group.addoption(opt.cli, dest=opt.dest, default=None, help=help_text)
+        parser.addini(opt.ini, help_text,
+                      type=opt.ini_type, default=[] if opt.ini_type == "linelist" else "")  # fmt: skip
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    for marker, (_, feature) in FEATURES.items():
+        config.addinivalue_line("markers", f"{marker}: the test needs {feature}; skipped where missing")
+    cli = {opt.name: config.getoption(opt.dest, None) for opt in OPTIONS}
+    ini = {opt.name: config.getini(opt.ini) for opt in OPTIONS}
+    try:
+        settings = resolve(cli, os.environ, ini, config.rootpath)
+    except SettingsError as exc:
+        raise pytest.UsageError(str(exc)) from exc
+    config.stash[SETTINGS] = settings
+    config.stash[LIFECYCLE] = SwarmLifecycle(settings, _progress(config))
+    _install_sigterm(config)
+
+
+def _progress(config: pytest.Config) -> Any:
+    def write(message: str) -> None:
+        reporter = config.pluginmanager.get_plugin("terminalreporter")
+        if reporter is not None:
+            reporter.write_line(f"[swarm] {message}")
+
+    return write
+
+
+def _install_sigterm(config: pytest.Config) -> None:
+    """SIGTERM unwinds like Ctrl-C, so the cluster is removed in the fixtures' finally blocks."""
+
+    def interrupt(signum: int, frame: FrameType | None) -> None:
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    try:
+        config.stash[_PREVIOUS_SIGTERM] = signal.signal(signal.SIGTERM, interrupt)
+    except ValueError:
+        pass  # not the main thread (e.g. embedded pytest): leave signals alone
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    previous = config.stash.get(_PREVIOUS_SIGTERM, None)
+    if previous is not None:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def pytest_report_header(config: pytest.Config) -> list[str]:
+    settings = config.stash[SETTINGS]
+    lines = [settings.describe()]
+    explicit = {k: v for k, v in settings.sources.items() if v != "default"}
+    if explicit:
+        lines.append("swarm settings from: " + ", ".join(f"{k}={v}" for k, v in sorted(explicit.items())))
+    return lines
+
+
+def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> None:
+    if LIFECYCLE not in config.stash:
+        return
+    lines = lifecycle_of(config).summary
+    if lines:
+        terminalreporter.section("swarm")
+        for line in lines:
+            terminalreporter.write_line(line)

@@ -1,0 +1,314 @@
+"""Stacks: an env file plus ordered compose files -> rendered model -> deployed and converged.
+
+``docker stack deploy`` reads no ``.env`` file, so the env file's variables are given to the
+docker CLI as its environment, both for ``docker stack config`` (the rendered model: what the
+files declare, and what the suites compare the cluster with) and for ``docker stack deploy``.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import docker.errors
+import yaml
+from dotenv import dotenv_values
+
+from . import images
+from .cluster import STACK_LABEL, Cluster, Service
+from .commands import run_docker
+from .errors import CommandError, StackError
+from .waiting import Poll, wait_for
+
+# ${VAR}, ${VAR:-default}, ${VAR-default}, ${VAR:?err}, ${VAR?err}, $VAR; $$ is a literal $.
+_VARIABLE = re.compile(r"\$(?:\$|\{([A-Za-z_][A-Za-z0-9_]*)([^}]*)\}|([A-Za-z_][A-Za-z0-9_]*))")
+
+
+@dataclass(frozen=True)
+class StackSource:
+    """What to deploy: an env (name and file) and the compose files, in order."""
+
+    env: str
+    env_file: Path
+    compose_files: tuple[Path, ...]
+
+    def values(self) -> dict[str, str]:
+        return load_env(self.env_file)
+
+    def name(self) -> str:
+        return stack_name(self.env, self.values())
+
+
+def load_env(env_file: Path) -> dict[str, str]:
+    """The env file's variables (python-dotenv); a key without a value is an error."""
+    if not env_file.is_file():
+        found = sorted(p.stem for p in env_file.parent.glob("*.env"))
+        raise StackError(f"env file {env_file} does not exist; env files found: {', '.join(found) or 'none'}")
+    values = dotenv_values(env_file, interpolate=True)
+    empty = [key for key, value in values.items() if value is None]
+    if empty:
+        raise StackError(f"{env_file}: {', '.join(empty)} has no value; write KEY=VALUE")
+    return {key: str(value) for key, value in values.items()}
+
+
+def stack_name(env: str, values: Mapping[str, str]) -> str:
+    """The env's ``ENV`` value if it sets one (as the lesson's DEV), else the env name upper-cased."""
+    return values.get("ENV") or env.upper()
+
+
+def check_compose_files(files: Sequence[Path]) -> None:
+    """Each file exists and parses as YAML; an error names the file and the line."""
+    for path in files:
+        if not path.is_file():
+            raise StackError(f"compose file {path} does not exist (check --swarm-stacks)")
+        try:
+            document = yaml.safe_load(path.read_text())
+        except yaml.MarkedYAMLError as exc:
+            mark = exc.problem_mark or exc.context_mark
+            where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark else str(path)
+            raise StackError(f"{where}: not valid YAML: {exc.problem or exc}") from exc
+        if not isinstance(document, dict) or not isinstance(document.get("services"), dict):
+            raise StackError(f"{path}: not a compose file (no `services:` mapping at the top)")
+
+
+def required_variables(text: str) -> set[str]:
+    """Variables ``text`` uses without a default (``${X:-d}`` and ``${X-d}`` have one)."""
+    required = set()
+    for match in _VARIABLE.finditer(text):
+        braced, modifier, bare = match.groups()
+        name = braced or bare
+        if name and not (modifier.startswith(":-") or modifier.startswith("-")):
+            required.add(name)
+    return required
+
+
+def missing_variables(files: Sequence[Path], values: Mapping[str, str]) -> dict[str, list[str]]:
+    """Variable -> files that need it, for every variable neither the env file nor the process sets."""
+    missing: dict[str, list[str]] = {}
+    for path in files:
+        for name in sorted(required_variables(path.read_text())):
+            if name not in values and name not in os.environ:
+                missing.setdefault(name, []).append(str(path))
+    return missing
+
+
+def cli_environment(values: Mapping[str, str]) -> dict[str, str]:
+    """The docker CLI's environment: the process's, with the env file's values on top."""
+    return {**os.environ, **values}
+
+
+def check_stack_config_support() -> None:
+    try:
+        run_docker(["stack", "config", "--help"], timeout=20)
+    except CommandError as exc:
+        raise StackError(
+            "this docker CLI has no `docker stack config` (it needs a client >= 23; Debian's 20.10 "
+            f"client lacks it): put a newer docker client first on PATH. ({exc})"
+        ) from exc
+
+
+def render(source: StackSource) -> dict[str, Any]:
+    """Validate, then render the stack as ``docker stack deploy`` will see it."""
+    check_compose_files(source.compose_files)
+    values = source.values()
+    missing = missing_variables(source.compose_files, values)
+    if missing:
+        lines = [f"  {name} (used in {', '.join(files)})" for name, files in sorted(missing.items())]
+        raise StackError(
+            f"variables the stack needs are not set in {source.env_file}:\n" + "\n".join(lines)
+            + f"\nadd them to {source.env_file} (KEY=VALUE)"
+        )
+    check_stack_config_support()
+    args = ["stack", "config", *(a for f in source.compose_files for a in ("-c", str(f)))]
+    try:
+        text = run_docker(args, timeout=60, env=cli_environment(values))
+    except CommandError as exc:
+        raise StackError(f"rendering {source.env} failed: {exc}") from exc
+    model: dict[str, Any] = yaml.safe_load(text)
+    return model
+
+
+def published_ports(model: Mapping[str, Any]) -> dict[int, str]:
+    """Published port -> service, from a rendered model."""
+    ports: dict[int, str] = {}
+    for service, spec in (model.get("services") or {}).items():
+        for port in spec.get("ports") or []:
+            if isinstance(port, Mapping) and port.get("published") is not None:
+                ports[int(port["published"])] = service
+    return ports
+
+
+def port_clashes(models: Mapping[str, Mapping[str, Any]]) -> list[str]:
+    """Published ports two stacks both claim: ``9292: DEV ui and STAGE ui``."""
+    owner: dict[int, str] = {}
+    clashes = []
+    for stack, model in models.items():
+        for port, service in sorted(published_ports(model).items()):
+            if port in owner:
+                clashes.append(f"port {port}: {owner[port]} and {stack} {service}")
+            else:
+                owner[port] = f"{stack} {service}"
+    return clashes
+
+
+def service_images(model: Mapping[str, Any]) -> dict[str, str]:
+    return {name: str(spec["image"]) for name, spec in (model.get("services") or {}).items() if spec.get("image")}
+
+
+@dataclass
+class DeployedStack:
+    """A stack deployed on a cluster.
+
+    Attributes:
+        name: the stack name (DEV); services are named ``<name>_<service>``.
+        source: the env and compose files it came from.
+        values: the env file's variables.
+        model: the rendered compose model (what the files declare).
+        standins: services whose image is an offline stand-in.
+    """
+
+    name: str
+    source: StackSource
+    values: dict[str, str]
+    model: dict[str, Any]
+    cluster: Cluster
+    standins: list[str] = field(default_factory=list)
+    seconds_to_converge: float = 0.0
+
+    @property
+    def declared_services(self) -> list[str]:
+        return sorted(self.model.get("services") or {})
+
+    def declared(self, service: str) -> dict[str, Any]:
+        spec: dict[str, Any] = self.model["services"][service]
+        return spec
+
+    def full_name(self, service: str) -> str:
+        return f"{self.name}_{service}"
+
+    def services(self) -> list[Service]:
+        return self.cluster.services(self.name)
+
+    def service(self, service: str) -> Service:
+        return self.cluster.service(self.full_name(service))
+
+    def published_port(self, service: str) -> int | None:
+        for port, owner in published_ports(self.model).items():
+            if owner == service:
+                return port
+        return None
+
+    def deploy(self, timeout: float = 300) -> None:
+        args = ["stack", "deploy", "--resolve-image", "never", "--prune", "--detach=true"]
+        args += [a for f in self.source.compose_files for a in ("-c", str(f))]
+        try:
+            run_docker([*args, self.name], host=self.cluster.manager_url, timeout=timeout,
+                       env=cli_environment(self.values))  # fmt: skip
+        except CommandError as exc:
+            raise StackError(f"deploying {self.name} failed: {exc}") from exc
+
+    def converge(self, timeout: float) -> None:
+        """Wait until every service runs its desired tasks and no update is under way."""
+        started = time.monotonic()
+        expected = set(self.declared_services)
+
+        def probe() -> Poll[None]:
+            services = {s.name: s for s in self.services()}
+            pending = []
+            for short in sorted(expected):
+                service = services.get(self.full_name(short))
+                if service is None:
+                    pending.append(f"{short} absent")
+                elif not _converged(service):
+                    update = f", update {service.update_state}" if service.update_state else ""
+                    pending.append(f"{short} {service.running}/{service.desired}{update}")
+            return Poll(not pending, "; ".join(pending) or "all converged")
+
+        try:
+            wait_for(probe, what=f"stack {self.name} converged", timeout=timeout, interval=0.5)
+        except Exception as exc:
+            errors = self.task_errors()
+            detail = "\n".join(f"  {line}" for line in errors) or "  (no task error reported)"
+            raise type(exc)(
+                f"{exc}\ntask errors:\n{detail}\nhint: DOCKER_HOST={self.cluster.manager_url} "
+                f"docker stack ps {self.name} --no-trunc"
+            ) from exc
+        self.seconds_to_converge = time.monotonic() - started
+
+    def task_errors(self) -> list[str]:
+        lines = []
+        for service in self.services():
+            error = service.last_error()
+            if error and service.running < max(service.desired, 1):
+                lines.append(f"{service.name}: {error}")
+        return lines
+
+    def remove(self, timeout: float = 120) -> None:
+        """``docker stack rm``, then wait for its services, networks and volumes to be gone."""
+        run_docker(["stack", "rm", self.name], host=self.cluster.manager_url, timeout=60)
+        label = {"label": f"{STACK_LABEL}={self.name}"}
+        client = self.cluster.client
+
+        def probe() -> Poll[None]:
+            left = len(client.api.services(filters=label)) + len(client.api.networks(filters=label))
+            left += _remove_volumes(self.cluster.engines.values(), self.name)
+            return Poll(left == 0, f"{left} services, networks or volumes left")
+
+        wait_for(probe, what=f"stack {self.name} removed", timeout=timeout, interval=0.5)
+
+
+def _converged(service: Service) -> bool:
+    if service.update_state in ("updating", "rollback_started"):
+        return False
+    if service.mode == "replicated":
+        return service.running == service.desired == service.replicas
+    return service.desired > 0 and service.running == service.desired
+
+
+def _remove_volumes(engines: Iterable[docker.DockerClient], stack: str) -> int:
+    """Try to remove the stack's volumes on every node; returns how many are still there."""
+    left = 0
+    for engine in engines:
+        for volume in engine.volumes.list(filters={"label": f"{STACK_LABEL}={stack}"}):
+            try:
+                volume.remove()
+            except docker.errors.APIError:
+                left += 1  # still in use by a task container being removed
+    return left
+
+
+def deploy(
+    cluster: Cluster,
+    load_images: Callable[[Sequence[str]], None],
+    source: StackSource,
+    *,
+    local: docker.DockerClient,
+    build: Mapping[str, Path],
+    offline: Mapping[str, Path],
+    timeout: float,
+    progress: Callable[[str], None],
+    on_deployed: Callable[[DeployedStack], None] = lambda _stack: None,
+) -> DeployedStack:
+    """Render, prepare and load the images, deploy, and wait for convergence.
+
+    ``on_deployed`` is told of the stack as soon as it exists on the cluster, so a caller can
+    remove it even when convergence then fails.
+    """
+    model = render(source)
+    plan = images.prepare_images(local, service_images(model), build, offline, progress)
+    load_images(plan.refs)
+    stack = DeployedStack(
+        name=source.name(), source=source, values=source.values(), model=model,
+        cluster=cluster, standins=sorted(plan.standins),
+    )  # fmt: skip
+    stack.deploy()
+    on_deployed(stack)
+    progress(f"stack {stack.name} deployed ({len(stack.declared_services)} services); converging")
+    stack.converge(timeout)
+    progress(f"stack {stack.name} converged in {stack.seconds_to_converge:.1f} s")
+    return stack
