@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import pytest
 import testinfra
@@ -17,6 +17,18 @@ from .settings import available_envs
 from .stack import DeployedStack, StackSource
 
 
+T = TypeVar("T")
+
+
+def _or_fail(make: Callable[[], T]) -> T:
+    """Run ``make``; a SwarmError fails the test with its message alone (it says what to do)."""
+    try:
+        return make()
+    except SwarmError as exc:
+        message = f"swarm: {exc}"
+    pytest.fail(message, pytrace=False)
+
+
 @pytest.fixture(scope="session")
 def swarm(request: pytest.FixtureRequest) -> Iterator[Cluster]:
     """The swarm of this run: master-1 (Leader) and worker-1..N, Ready/Active and labelled.
@@ -27,11 +39,7 @@ def swarm(request: pytest.FixtureRequest) -> Iterator[Cluster]:
     Override it in a conftest.py to hand the suites a cluster of your own.
     """
     lifecycle = lifecycle_of(request.config)
-    try:
-        cluster = lifecycle.cluster()
-    except SwarmError as exc:
-        lifecycle.finish(failed=True)
-        pytest.fail(f"swarm: {exc}", pytrace=False)
+    cluster = _or_fail(lifecycle.cluster)
     try:
         yield cluster
     finally:
@@ -51,10 +59,7 @@ def swarm_stack(request: pytest.FixtureRequest, swarm: Cluster) -> DeployedStack
     if env is None:
         found = ", ".join(available_envs(lifecycle.settings.envs_dir)) or "none"
         pytest.fail(f"swarm_stack needs --swarm-env NAME (env files found: {found})", pytrace=False)
-    try:
-        return lifecycle.stack(lifecycle.source(env))
-    except SwarmError as exc:
-        pytest.fail(f"swarm: {exc}", pytrace=False)
+    return _or_fail(lambda: lifecycle.stack(lifecycle.source(str(env))))
 
 
 @pytest.fixture
@@ -82,10 +87,7 @@ def deploy_stack(request: pytest.FixtureRequest, swarm: Cluster) -> Iterator[Cal
             env_file=env_file or lifecycle.settings.envs_dir / f"{name}.env",
             compose_files=tuple(compose_files or lifecycle.settings.stacks),
         )
-        try:
-            return lifecycle.deploy(source, timeout, on_deployed=made.append)
-        except SwarmError as exc:
-            pytest.fail(f"swarm: {exc}", pytrace=False)
+        return _or_fail(lambda: lifecycle.deploy(source, timeout, on_deployed=made.append))
 
     yield factory
     for stack in reversed(made):

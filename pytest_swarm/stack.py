@@ -82,7 +82,7 @@ def required_variables(text: str) -> set[str]:
     for match in _VARIABLE.finditer(text):
         braced, modifier, bare = match.groups()
         name = braced or bare
-        if name and not (modifier.startswith(":-") or modifier.startswith("-")):
+        if name and not (modifier or "").startswith((":-", "-")):
             required.add(name)
     return required
 

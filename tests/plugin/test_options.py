@@ -1,0 +1,110 @@
+"""The plugin's options, ini keys, environment variables, header and markers, through pytester."""
+
+from __future__ import annotations
+
+import pytest
+
+pytestmark = pytest.mark.usefixtures("clean_swarm_env")
+
+
+@pytest.fixture
+def clean_swarm_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    import os
+
+    for name in list(os.environ):
+        if name.startswith("SWARM_"):
+            monkeypatch.delenv(name)
+
+
+@pytest.fixture
+def project(pytester: pytest.Pytester) -> pytest.Pytester:
+    pytester.makefile(".env", **{"envs/dev": "ENV=DEV\n", "envs/stage": "ENV=STAGE\n"})
+    (pytester.path / "stacks").mkdir()
+    for name in ("docker-compose.yml", "docker-compose.infra.yml"):
+        (pytester.path / "stacks" / name).write_text("services: {}\n")
+    return pytester
+
+
+def test_header_shows_the_effective_settings(project: pytest.Pytester) -> None:
+    project.makeini("[pytest]\nswarm_workers = 3\n")
+    project.makepyfile("def test_nothing(): pass")
+    result = project.runpytest("--swarm-env=dev", "--swarm-timeout=45")
+    result.stdout.fnmatch_lines([
+        "swarm: provider=dind env=dev workers=3 keep=never reuse=no timeout=45s "
+        "stacks=stacks/docker-compose.infra.yml,stacks/docker-compose.yml",
+        "swarm settings from: env=cli, timeout=cli, workers=ini",
+    ])  # fmt: skip
+    assert result.ret == 0
+
+
+def test_environment_variable_beats_ini_and_cli_beats_both(project: pytest.Pytester,
+                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    project.makeini("[pytest]\nswarm_workers = 3\nswarm_keep = always\n")
+    project.makepyfile("def test_nothing(): pass")
+    monkeypatch.setenv("SWARM_WORKERS", "4")
+    monkeypatch.setenv("SWARM_KEEP", "on-failure")
+    result = project.runpytest("--swarm-keep=never")
+    result.stdout.fnmatch_lines(["swarm: provider=dind env=- workers=4 keep=never *"])
+
+
+@pytest.mark.parametrize(
+    ("args", "error"),
+    [
+        (["--swarm-env=qa"], "*--swarm-env=qa: no file *qa.env; found: dev, stage*"),
+        (["--swarm-provider=k8s"], "*choose one of: dind, uml, machine, attach*"),
+        (["--swarm-provider=machine"], "*--swarm-provider=machine is not available yet; available: dind*"),
+        (["--swarm-keep=maybe"], "*choose one of: never, on-failure, always*"),
+        (["--swarm-workers=many"], "*whole number >= 0*"),
+        (["--swarm-timeout=-3"], "*number of seconds > 0*"),
+        (["--swarm-env=dev", "--swarm-stacks=stacks/missing.yml"], "*compose file not found*missing.yml*"),
+    ],
+)
+def test_bad_values_are_usage_errors(project: pytest.Pytester, args: list[str], error: str) -> None:
+    project.makepyfile("def test_nothing(): pass")
+    result = project.runpytest(*args)
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines([error])
+
+
+def test_bad_ini_labels_are_usage_errors(project: pytest.Pytester) -> None:
+    project.makeini("[pytest]\nswarm_node_labels =\n    master-1:reliability=high\n    worker-1\n")
+    project.makepyfile("def test_nothing(): pass")
+    result = project.runpytest()
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(["*swarm_node_labels: 'worker-1' is not valid; write NODE:KEY=VALUE*"])
+
+
+def test_markers_are_registered(project: pytest.Pytester) -> None:
+    result = project.runpytest("--markers")
+    result.stdout.fnmatch_lines([
+        "@pytest.mark.needs_routing_mesh: the test needs IPVS*",
+        "@pytest.mark.needs_vip: the test needs IPVS*",
+    ])  # fmt: skip
+
+
+def test_swarm_stack_without_env_says_what_to_do(project: pytest.Pytester) -> None:
+    """The message names the option and the env files found, without provisioning anything."""
+    project.makeconftest(
+        "import pytest\n@pytest.fixture(scope='session')\ndef swarm():\n    return object()\n"
+    )
+    project.makepyfile("def test_stack(swarm_stack): pass")
+    result = project.runpytest()
+    result.stdout.fnmatch_lines(["*swarm_stack needs --swarm-env NAME (env files found: dev, stage)*"])
+    assert result.ret == pytest.ExitCode.TESTS_FAILED
+
+
+def test_unmarked_tests_never_touch_docker(project: pytest.Pytester, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("DOCKER_HOST", "unix:///nonexistent/docker.sock")
+    project.makepyfile("def test_plain(): assert 1 + 1 == 2")
+    project.runpytest("--swarm-env=dev").assert_outcomes(passed=1)
+
+
+def test_engine_unreachable_is_one_clear_error(project: pytest.Pytester, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("DOCKER_HOST", "unix:///nonexistent/docker.sock")
+    project.makepyfile("def test_a(swarm): pass\ndef test_b(swarm): pass")
+    result = project.runpytest("--swarm-env=dev")
+    result.assert_outcomes(errors=2)
+    result.stdout.fnmatch_lines([
+        "swarm: no Docker engine answers at unix:///nonexistent/docker.sock*start dockerd*",
+    ])  # fmt: skip
+    assert "Traceback" not in result.stdout.str()

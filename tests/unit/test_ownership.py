@@ -1,0 +1,50 @@
+import os
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from pytest_swarm import ownership
+from pytest_swarm.images import debian_mirror
+from pytest_swarm.ownership import Session, owner_alive, owner_token
+
+
+def test_owner_alive_for_this_process_only() -> None:
+    assert owner_alive(owner_token())
+    child = subprocess.Popen(["true"])
+    token = owner_token(child.pid)
+    child.wait()
+    assert not owner_alive(token)
+    assert not owner_alive(f"another-boot/{os.getpid()}/1")
+    assert not owner_alive("garbage")
+
+
+def test_session_labels_and_names() -> None:
+    session = Session.new()
+    assert session.labels[ownership.SESSION_LABEL] == session.id
+    assert session.labels[ownership.OWNER_LABEL] == session.owner
+    assert session.prefix == f"pswarm-{session.id}"
+
+
+def test_kept_record_round_trip(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(ownership, "RUN_ROOT", tmp_path / "run")
+    session = Session.new()
+    session.make_run_dir()
+    rootdir = tmp_path / "project"
+    rootdir.mkdir()
+    assert ownership.read_kept(rootdir) is None
+    ownership.write_kept(session, rootdir, {"DOCKER_HOST": "unix:///x.sock", "nodes": "master-1"})
+    assert ownership.read_kept(rootdir) == {"session": session.id, "DOCKER_HOST": "unix:///x.sock", "nodes": "master-1"}
+    assert session.id not in set(ownership.stale_run_dirs())  # kept: never swept
+    ownership.forget_kept(session.id, rootdir)
+    assert ownership.read_kept(rootdir) is None
+
+
+def test_debian_mirror_from_deb822_and_one_line(tmp_path: Path) -> None:
+    (tmp_path / "sources.list.d").mkdir()
+    (tmp_path / "sources.list.d" / "debian.sources").write_text(
+        "Types: deb\nURIs: http://mirror.example/debian/\nSuites: bookworm\n"
+    )
+    assert debian_mirror(tmp_path) == "http://mirror.example/debian"
+    (tmp_path / "sources.list").write_text("deb [arch=amd64] http://other.example/debian bookworm main\n")
+    assert debian_mirror(tmp_path) == "http://other.example/debian"

@@ -1,0 +1,85 @@
+from pathlib import Path
+
+import pytest
+
+from pytest_swarm.settings import SettingsError, parse_node_labels, resolve
+
+
+@pytest.fixture
+def root(tmp_path: Path) -> Path:
+    (tmp_path / "envs").mkdir()
+    (tmp_path / "envs" / "dev.env").write_text("ENV=DEV\n")
+    (tmp_path / "envs" / "stage.env").write_text("ENV=STAGE\n")
+    (tmp_path / "stacks").mkdir()
+    for name in ("docker-compose.yml", "docker-compose.infra.yml"):
+        (tmp_path / "stacks" / name).write_text("services: {}\n")
+    return tmp_path
+
+
+def test_defaults(root: Path) -> None:
+    s = resolve({}, {}, {}, root)
+    assert (s.provider, s.workers, s.keep, s.reuse, s.timeout) == ("dind", 2, "never", False, 120.0)
+    assert s.stacks == (root / "stacks/docker-compose.infra.yml", root / "stacks/docker-compose.yml")
+    assert s.node_labels == {"master-1": {"reliability": "high"}}
+    assert s.node_names == ("master-1", "worker-1", "worker-2")
+    assert set(s.sources.values()) == {"default"}
+
+
+def test_precedence_cli_over_env_over_ini_over_default(root: Path) -> None:
+    ini = {"workers": "5", "timeout": "30", "keep": "always"}
+    environ = {"SWARM_WORKERS": "4", "SWARM_TIMEOUT": "60"}
+    s = resolve({"workers": "3"}, environ, ini, root)
+    assert (s.workers, s.timeout, s.keep) == (3, 60.0, "always")
+    assert s.sources["workers"] == "cli"
+    assert s.sources["timeout"] == "env"
+    assert s.sources["keep"] == "ini"
+    assert s.sources["provider"] == "default"
+
+
+def test_linelist_ini_and_env(root: Path) -> None:
+    s = resolve({}, {"SWARM_BUILD": "ui=stacks/images/ui post=other/post"}, {}, root)
+    assert s.build == {"ui": root / "stacks/images/ui", "post": root / "other/post"}
+    s = resolve({}, {}, {"engine_labels": ["*:zone=a", "worker-1:disk=ssd"]}, root)
+    assert s.labels_for("worker-1", s.engine_labels) == {"zone": "a", "disk": "ssd"}
+    assert s.labels_for("master-1", s.engine_labels) == {"zone": "a"}
+
+
+@pytest.mark.parametrize(
+    ("cli", "message"),
+    [
+        ({"provider": "kvm"}, "choose one of: dind, uml, machine, attach"),
+        ({"provider": "uml"}, "not available yet; available: dind"),
+        ({"keep": "sometimes"}, "choose one of: never, on-failure, always"),
+        ({"workers": "two"}, "whole number >= 0"),
+        ({"workers": "-1"}, "whole number >= 0"),
+        ({"timeout": "0"}, "number of seconds > 0"),
+        ({"env": "qa"}, "found: dev, stage"),
+        ({"env": "dev", "stacks": "stacks/nope.yml"}, "compose file not found"),
+    ],
+)
+def test_bad_values_name_the_valid_ones(root: Path, cli: dict[str, str], message: str) -> None:
+    with pytest.raises(SettingsError, match=message):
+        resolve(cli, {}, {}, root)
+
+
+def test_env_file_found(root: Path) -> None:
+    s = resolve({"env": "stage"}, {}, {}, root)
+    assert s.env_file == root / "envs" / "stage.env"
+
+
+def test_unknown_env_with_no_envs_dir(tmp_path: Path) -> None:
+    with pytest.raises(SettingsError, match="has no \\*.env file"):
+        resolve({"env": "dev"}, {}, {}, tmp_path)
+
+
+@pytest.mark.parametrize("entry", ["master-1", "master-1:reliability", ":a=b", "m:=b"])
+def test_bad_node_labels(entry: str) -> None:
+    with pytest.raises(SettingsError, match="NODE:KEY=VALUE"):
+        parse_node_labels("node_labels", [entry])
+
+
+def test_reuse_flag_values(root: Path) -> None:
+    assert resolve({"reuse": "true"}, {}, {}, root).reuse is True
+    assert resolve({}, {"SWARM_REUSE": "0"}, {}, root).reuse is False
+    with pytest.raises(SettingsError, match="use true or false"):
+        resolve({}, {"SWARM_REUSE": "maybe"}, {}, root)
