@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import signal
+from contextlib import nullcontext
 from types import FrameType
 from typing import Any
 
@@ -51,9 +52,15 @@ def pytest_configure(config: pytest.Config) -> None:
 
 
 def _progress(config: pytest.Config) -> Any:
+    """Progress lines go straight to the terminal, past output capturing (like live logs)."""
+
     def write(message: str) -> None:
         reporter = config.pluginmanager.get_plugin("terminalreporter")
-        if reporter is not None:
+        if reporter is None:
+            return
+        capture = config.pluginmanager.get_plugin("capturemanager")
+        suspended = capture.global_and_fixture_disabled() if capture is not None else nullcontext()
+        with suspended:
             reporter.write_line(f"[swarm] {message}")
 
     return write

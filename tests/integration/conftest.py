@@ -1,0 +1,53 @@
+"""Integration tests run against a real Docker engine; without one they are skipped, saying why."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+
+import docker
+import pytest
+
+from pytest_swarm.ownership import RUN_ROOT, SESSION_LABEL, cgroup_dirs
+
+PROJECT = Path(__file__).parent / "project"
+
+
+@pytest.fixture(scope="session")
+def engine() -> docker.DockerClient:
+    """The local Docker engine; the test is skipped (with the reason) when none answers."""
+    try:
+        client = docker.from_env(timeout=120)
+        client.ping()
+    except Exception as exc:  # any failure to reach it means: no engine for these tests
+        host = os.environ.get("DOCKER_HOST", "unix:///var/run/docker.sock")
+        pytest.skip(f"needs a Docker engine; none answers at {host} ({type(exc).__name__})")
+    return client
+
+
+def find_leftovers(engine: docker.DockerClient, session_id: str | None = None) -> list[str]:
+    """Everything labelled by pytest-swarm (or by one session) still present, by kind and name."""
+    label = SESSION_LABEL if session_id is None else f"{SESSION_LABEL}={session_id}"
+    found = [f"container {c.name}" for c in engine.containers.list(all=True, filters={"label": label})]
+    found += [f"network {n.name}" for n in engine.networks.list(filters={"label": label})]
+    found += [f"volume {v.name}" for v in engine.volumes.list(filters={"label": label})]
+    prefix = "pytest-swarm-" + (session_id + "-" if session_id else "")
+    found += [f"cgroup {p}" for p in cgroup_dirs(prefix)]
+    if session_id is not None and (RUN_ROOT / session_id).exists():
+        found.append(f"folder {RUN_ROOT / session_id}")
+    return found
+
+
+@pytest.fixture
+def project(pytester: pytest.Pytester) -> pytest.Pytester:
+    """A pytester folder holding the integration project (small stack, envs, pytest.ini)."""
+    shutil.copytree(PROJECT, pytester.path, dirs_exist_ok=True)
+    return pytester
+
+
+@pytest.fixture
+def leftovers() -> Callable[..., list[str]]:
+    """``leftovers(engine, session_id=None)``: what pytest-swarm left, by kind and name."""
+    return find_leftovers

@@ -1,0 +1,134 @@
+"""Whole pytest runs of the integration project (pytester, subprocess) on real dind swarms."""
+
+from __future__ import annotations
+
+import re
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+
+import docker
+import pytest
+
+from pytest_swarm.ownership import SESSION_LABEL
+
+Leftovers = Callable[..., list[str]]
+pytestmark = pytest.mark.usefixtures("engine")
+
+
+def session_of(result: pytest.RunResult) -> str:
+    match = re.search(r"cluster (\w{8}) (?:ready|reattached|removed|kept)", result.stdout.str())
+    assert match, result.stdout.str()
+    return match.group(1)
+
+
+def test_a_run_provisions_deploys_and_leaves_nothing(
+    project: pytest.Pytester, engine: docker.DockerClient, leftovers: Leftovers
+) -> None:
+    result = project.runpytest_subprocess("--swarm-env=small", "-p", "no:randomly")
+    result.assert_outcomes(passed=3)
+    result.stdout.fnmatch_lines([
+        "swarm: provider=dind env=small workers=2 *stacks=stacks/small.yml",
+        "[[]swarm] cluster * ready in * s",
+        "[[]swarm]   master-1: manager (Leader), ready/active, labels reliability=high, engine *, ipvs=*",
+        "[[]swarm]   worker-2: worker, ready/active, labels disk=ssd, engine *",
+        "[[]swarm] stack SMALL converged in * s",
+        "cluster * removed",
+    ])  # fmt: skip
+    assert leftovers(engine, session_of(result)) == []
+
+
+def test_unset_variable_is_named_before_deploying(
+    project: pytest.Pytester, engine: docker.DockerClient, leftovers: Leftovers
+) -> None:
+    result = project.runpytest_subprocess("--swarm-env=needy", "test_small_stack.py::test_stack_converged")
+    result.assert_outcomes(errors=1)
+    result.stdout.fnmatch_lines([
+        "*variables the stack needs are not set in *needy.env:",
+        "*SLEEPER_REPLICAS (used in *small.yml)",
+    ])  # fmt: skip
+    assert "deployed" not in result.stdout.str()
+    assert leftovers(engine, session_of(result)) == []
+
+
+def test_kept_cluster_is_reused_then_removed(
+    project: pytest.Pytester, engine: docker.DockerClient, leftovers: Leftovers
+) -> None:
+    first = project.runpytest_subprocess("--swarm-env=small", "--swarm-keep=always")
+    first.assert_outcomes(passed=3)
+    session = session_of(first)
+    try:
+        first.stdout.fnmatch_lines([f"cluster {session} kept: DOCKER_HOST=unix://*docker.sock docker node ls*"])
+        assert leftovers(engine, session)
+
+        second = project.runpytest_subprocess("--swarm-env=small", "--swarm-reuse")
+        second.assert_outcomes(passed=3)
+        second.stdout.fnmatch_lines([f"[[]swarm] cluster {session} reattached in * s"])
+        reattach = float(re.search(r"reattached in ([\d.]+) s", second.stdout.str()).group(1))  # type: ignore[union-attr]
+        assert reattach < 10
+        assert leftovers(engine, session)  # still kept for the next run
+    finally:
+        down = subprocess.run([sys.executable, "-m", "pytest_swarm", "down", str(project.path)],
+                              capture_output=True, text=True, timeout=120, check=False)  # fmt: skip
+    assert down.returncode == 0, down.stderr
+    assert f"cluster {session} removed" in down.stdout
+    assert leftovers(engine, session) == []
+
+
+def wait_for_containers(engine: docker.DockerClient, known: set[str], timeout: float = 120) -> str:
+    """The session id of the first new labelled container; bounded."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for container in engine.containers.list(all=True, filters={"label": SESSION_LABEL}):
+            session = container.labels[SESSION_LABEL]
+            if session not in known:
+                return session
+        time.sleep(0.1)
+    raise AssertionError("no node container appeared")
+
+
+def known_sessions(engine: docker.DockerClient) -> set[str]:
+    return {c.labels[SESSION_LABEL] for c in engine.containers.list(all=True, filters={"label": SESSION_LABEL})}
+
+
+def start_run(project: pytest.Pytester) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(
+        [sys.executable, "-m", "pytest", "--swarm-env=small", "-p", "no:randomly"],
+        cwd=project.path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_interrupted_while_starting_leaves_nothing(
+    project: pytest.Pytester, engine: docker.DockerClient, leftovers: Leftovers, sig: signal.Signals
+) -> None:
+    known = known_sessions(engine)
+    run = start_run(project)
+    try:
+        session = wait_for_containers(engine, known)
+        run.send_signal(sig)
+        run.wait(timeout=120)
+    finally:
+        if run.poll() is None:
+            run.kill()
+            run.wait()
+    assert leftovers(engine, session) == []
+
+
+def test_killed_run_is_swept_by_the_next(
+    project: pytest.Pytester, engine: docker.DockerClient, leftovers: Leftovers
+) -> None:
+    known = known_sessions(engine)
+    run = start_run(project)
+    try:
+        session = wait_for_containers(engine, known)
+    finally:
+        run.kill()  # SIGKILL: no cleanup can run
+        run.wait(timeout=60)
+    assert leftovers(engine, session)
+    result = project.runpytest_subprocess("--swarm-env=small", "test_small_stack.py::test_cluster_shape")
+    result.assert_outcomes(passed=1)
+    result.stdout.fnmatch_lines([f"*swept what earlier runs left: sessions *{session}*"])
+    assert leftovers(engine, session) == []
