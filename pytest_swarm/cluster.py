@@ -84,7 +84,8 @@ class Node(_View):
     def describe(self) -> str:
         role = "manager (Leader)" if self.leader else self.role
         labels = ",".join(f"{k}={v}" for k, v in sorted(self.labels.items())) or "-"
-        return f"{self.name}: {role}, {self.state}/{self.availability}, labels {labels}, engine {self.engine_version}"
+        state = f"{self.state}/{self.availability}"
+        return f"{self.name}: {role}, {state}, labels {labels}, engine {self.engine_version}"
 
 
 class Task(_View):

@@ -16,7 +16,6 @@ from .lifecycle import lifecycle_of
 from .settings import available_envs
 from .stack import DeployedStack, StackSource
 
-
 T = TypeVar("T")
 
 

@@ -12,7 +12,6 @@ from __future__ import annotations
 import fcntl
 import hashlib
 import io
-import os
 import platform
 import re
 import shutil
@@ -21,16 +20,16 @@ import sys
 import tarfile
 import tempfile
 from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass, field
 from contextlib import contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import docker
 import docker.errors
 
-from .errors import ImageBuildError
 from .commands import run_docker
+from .errors import ImageBuildError
 
 BASE_IMAGE = "debian:bookworm-slim"
 BASE_SUITE = "bookworm"
@@ -174,12 +173,34 @@ def fetch_wheels(context: Path, progress: Progress = _quiet) -> None:
     target.mkdir()
     machine = platform.machine()
     command = [
-        sys.executable, "-m", "pip", "download", "--quiet", "--disable-pip-version-check",
-        "--dest", str(target), "--only-binary=:all:", "--implementation", "cp",
-        "--python-version", "3.11", "--abi", "cp311", "--abi", "abi3", "--abi", "none",
-        "--platform", f"manylinux2014_{machine}", "--platform", f"manylinux_2_28_{machine}",
-        "--platform", "any", "-r", str(requirements),
-    ]  # fmt: skip
+        sys.executable,
+        "-m",
+        "pip",
+        "download",
+        "--quiet",
+        "--disable-pip-version-check",
+        "--dest",
+        str(target),
+        "--only-binary=:all:",
+        "--implementation",
+        "cp",
+        "--python-version",
+        "3.11",
+        "--abi",
+        "cp311",
+        "--abi",
+        "abi3",
+        "--abi",
+        "none",
+        "--platform",
+        f"manylinux2014_{machine}",
+        "--platform",
+        f"manylinux_2_28_{machine}",
+        "--platform",
+        "any",
+        "-r",
+        str(requirements),
+    ]
     result = subprocess.run(command, capture_output=True, text=True, timeout=600, check=False)
     if result.returncode != 0:
         raise ImageBuildError(
@@ -288,15 +309,28 @@ def prepare_images(
     for service, ref in sorted(service_images.items()):
         tag = ref.rpartition(":")[2] if ":" in ref.rsplit("/", 1)[-1] else "latest"
         if service in build:
-            build_image(client, build[service], [ref], buildargs={"VERSION": tag}, what=service,
-                        progress=progress)  # fmt: skip
+            build_image(
+                client,
+                build[service],
+                [ref],
+                buildargs={"VERSION": tag},
+                what=service,
+                progress=progress,
+            )
             plan.built.append(ref)
         elif image_exists(client, ref) and not _is_standin(client, ref):
             pass
         elif service in offline:
             if not _pull(client, ref):  # a real image where a registry answers
-                build_image(client, offline[service], [ref], buildargs={"VERSION": tag},
-                            labels={STANDIN_LABEL: service}, what=service, progress=progress)  # fmt: skip
+                build_image(
+                    client,
+                    offline[service],
+                    [ref],
+                    buildargs={"VERSION": tag},
+                    labels={STANDIN_LABEL: service},
+                    what=service,
+                    progress=progress,
+                )
                 plan.standins[service] = ref
         elif not _pull(client, ref):
             raise ImageBuildError(

@@ -68,9 +68,14 @@ class SwarmLifecycle:
     def _provider(self, session: Session) -> DindProvider:
         s = self.settings
         return DindProvider(
-            session, workers=s.workers, node_labels=s.node_labels, engine_labels=s.engine_labels,
-            timeout=s.timeout, progress=self.progress, client=self.local,
-        )  # fmt: skip
+            session,
+            workers=s.workers,
+            node_labels=s.node_labels,
+            engine_labels=s.engine_labels,
+            timeout=s.timeout,
+            progress=self.progress,
+            client=self.local,
+        )
 
     def _up(self) -> Cluster:
         provider = self._provider(self.session)
@@ -120,11 +125,16 @@ class SwarmLifecycle:
         cluster = self.cluster()
         assert self.provider is not None
         stack = deploy(
-            cluster, self.provider.load_images, source, local=self.local,
-            build=self.settings.build, offline=self.settings.offline_images,
-            timeout=timeout or self.settings.timeout, progress=self.progress,
+            cluster,
+            self.provider.load_images,
+            source,
+            local=self.local,
+            build=self.settings.build,
+            offline=self.settings.offline_images,
+            timeout=timeout or self.settings.timeout,
+            progress=self.progress,
             on_deployed=on_deployed,
-        )  # fmt: skip
+        )
         for service in stack.standins:
             line = f"{stack.name}: {service} runs a stand-in image ({stack.declared(service).get('image')})"
             if line not in self.summary:

@@ -29,12 +29,20 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         help_text = f"{opt.help} (ini {opt.ini}, env {opt.env}; default {opt.default or 'none'})"
         if opt.ini_type != "linelist":
             if opt.flag:
-                group.addoption(opt.cli, dest=opt.dest, action="store_const", const="true",
-                                default=None, help=help_text)  # fmt: skip
+                group.addoption(
+                    opt.cli,
+                    dest=opt.dest,
+                    action="store_const",
+                    const="true",
+                    default=None,
+                    help=help_text,
+                )
             else:
                 group.addoption(opt.cli, dest=opt.dest, default=None, help=help_text)
-        parser.addini(opt.ini, help_text,
-                      type=opt.ini_type, default=[] if opt.ini_type == "linelist" else "")  # fmt: skip
+        if opt.ini_type == "linelist":
+            parser.addini(opt.ini, help_text, type="linelist", default=[])
+        else:
+            parser.addini(opt.ini, help_text, type="string", default="")
 
 
 def pytest_configure(config: pytest.Config) -> None:

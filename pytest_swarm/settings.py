@@ -169,8 +169,7 @@ def resolve(
     provider = _choice("provider", text("provider"), PROVIDERS)
     if provider not in AVAILABLE_PROVIDERS:
         raise SettingsError(
-            f"--swarm-provider={provider} is not available yet; "
-            f"available: {', '.join(AVAILABLE_PROVIDERS)}"
+            f"--swarm-provider={provider} is not available yet; available: {', '.join(AVAILABLE_PROVIDERS)}"
         )
     envs_dir = path(text("envs_dir"))
     env = text("env") or None
@@ -261,9 +260,7 @@ def parse_node_labels(name: str, entries: Sequence[str]) -> dict[str, dict[str, 
     return labels
 
 
-def _service_paths(
-    name: str, entries: Sequence[str], path: Callable[[str], Path]
-) -> dict[str, Path]:
+def _service_paths(name: str, entries: Sequence[str], path: Callable[[str], Path]) -> dict[str, Path]:
     result: dict[str, Path] = {}
     for entry in entries:
         service, eq, context = entry.partition("=")

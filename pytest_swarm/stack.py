@@ -120,7 +120,8 @@ def render(source: StackSource) -> dict[str, Any]:
     if missing:
         lines = [f"  {name} (used in {', '.join(files)})" for name, files in sorted(missing.items())]
         raise StackError(
-            f"variables the stack needs are not set in {source.env_file}:\n" + "\n".join(lines)
+            f"variables the stack needs are not set in {source.env_file}:\n"
+            + "\n".join(lines)
             + f"\nadd them to {source.env_file} (KEY=VALUE)"
         )
     check_stack_config_support()
@@ -157,7 +158,9 @@ def port_clashes(models: Mapping[str, Mapping[str, Any]]) -> list[str]:
 
 
 def service_images(model: Mapping[str, Any]) -> dict[str, str]:
-    return {name: str(spec["image"]) for name, spec in (model.get("services") or {}).items() if spec.get("image")}
+    return {
+        name: str(spec["image"]) for name, spec in (model.get("services") or {}).items() if spec.get("image")
+    }
 
 
 @dataclass
@@ -207,8 +210,12 @@ class DeployedStack:
         args = ["stack", "deploy", "--resolve-image", "never", "--prune", "--detach=true"]
         args += [a for f in self.source.compose_files for a in ("-c", str(f))]
         try:
-            run_docker([*args, self.name], host=self.cluster.manager_url, timeout=timeout,
-                       env=cli_environment(self.values))  # fmt: skip
+            run_docker(
+                [*args, self.name],
+                host=self.cluster.manager_url,
+                timeout=timeout,
+                env=cli_environment(self.values),
+            )
         except CommandError as exc:
             raise StackError(f"deploying {self.name} failed: {exc}") from exc
 
@@ -303,9 +310,13 @@ def deploy(
     plan = images.prepare_images(local, service_images(model), build, offline, progress)
     load_images(plan.refs)
     stack = DeployedStack(
-        name=source.name(), source=source, values=source.values(), model=model,
-        cluster=cluster, standins=sorted(plan.standins),
-    )  # fmt: skip
+        name=source.name(),
+        source=source,
+        values=source.values(),
+        model=model,
+        cluster=cluster,
+        standins=sorted(plan.standins),
+    )
     stack.deploy()
     on_deployed(stack)
     progress(f"stack {stack.name} deployed ({len(stack.declared_services)} services); converging")

@@ -120,15 +120,19 @@ def wait_ready(
         not_ready = [n for n in expected if n not in nodes or not nodes[n].ready]
         leader = any(n.leader for n in nodes.values())
         states = ", ".join(
-            f"{n}={nodes[n].state}/{nodes[n].availability}" if n in nodes else f"{n}=absent"
-            for n in expected
+            f"{n}={nodes[n].state}/{nodes[n].availability}" if n in nodes else f"{n}=absent" for n in expected
         )
         state = f"{states}; leader {'elected' if leader else 'none'}"
         return Poll(not not_ready and leader, state, list(nodes.values()))
 
     try:
-        poll = wait_for(probe, what="every node Ready/Active", timeout=timeout, interval=0.1,
-                        transient=TRANSIENT)  # fmt: skip
+        poll = wait_for(
+            probe,
+            what="every node Ready/Active",
+            timeout=timeout,
+            interval=0.1,
+            transient=TRANSIENT,
+        )
     except Exception as exc:
         nodes = {Node(raw).name: Node(raw) for raw in _nodes_or_empty(client)}
         late = [n for n in expected if n not in nodes or not nodes[n].ready]
@@ -144,7 +148,9 @@ def _nodes_or_empty(client: docker.DockerClient) -> list[dict[str, object]]:
         return []
 
 
-def wait_engine(client: docker.DockerClient, name: str, timeout: float, check_alive: Callable[[], str]) -> None:
+def wait_engine(
+    client: docker.DockerClient, name: str, timeout: float, check_alive: Callable[[], str]
+) -> None:
     """Wait until an engine answers ``/_ping``; fail at once if its node died (check_alive says why)."""
 
     def probe() -> Poll[None]:

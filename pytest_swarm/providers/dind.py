@@ -18,6 +18,7 @@ import docker
 import docker.errors
 
 from .. import images
+from ..capabilities import probe_capabilities
 from ..cluster import Cluster
 from ..errors import EngineUnreachable, ProvisioningError
 from ..ownership import (
@@ -31,12 +32,11 @@ from ..ownership import (
     remove_run_dir,
     stale_run_dirs,
 )
-from ..capabilities import probe_capabilities
 from .base import (
     TRANSIENT,
     Engine,
-    engine_client,
     apply_node_labels,
+    engine_client,
     form_swarm,
     join,
     parallel,
@@ -183,9 +183,7 @@ class DindProvider:
     def _start_node(self, node: str) -> Engine:
         node_dir = self._node_dir(node)
         node_dir.mkdir(parents=True, exist_ok=True)
-        volume = self.client.volumes.create(
-            f"{self._container_name(node)}-data", labels=self.session.labels
-        )
+        volume = self.client.volumes.create(f"{self._container_name(node)}-data", labels=self.session.labels)
         flags = [f"--cgroup-parent=/{self.session.cgroup_prefix}{node}"]
         flags += [f"--label={k}={v}" for k, v in sorted(self._engine_labels(node).items())]
         api = self.client.api
@@ -300,8 +298,10 @@ class DindProvider:
         tar = self.session.run_dir / "images.tar"
         images.save_images(missing, tar)
         try:
-            parallel(lambda n: images.load_image_file(self._engines[n].client, tar),
-                     [n for n, r in lacking.items() if r])  # fmt: skip
+            parallel(
+                lambda n: images.load_image_file(self._engines[n].client, tar),
+                [n for n, r in lacking.items() if r],
+            )
         finally:
             tar.unlink(missing_ok=True)
         self.progress(
@@ -367,9 +367,11 @@ def remove_session(client: docker.DockerClient, session_id: str) -> list[str]:
 def sweep(client: docker.DockerClient, progress: images.Progress) -> list[str]:
     """Remove what earlier runs left: their owner is gone and they were not kept."""
     owners: dict[str, str] = {}
-    for kind in (client.containers.list(all=True, filters={"label": SESSION_LABEL}),
-                 client.networks.list(filters={"label": SESSION_LABEL}),
-                 client.volumes.list(filters={"label": SESSION_LABEL})):  # fmt: skip
+    for kind in (
+        client.containers.list(all=True, filters={"label": SESSION_LABEL}),
+        client.networks.list(filters={"label": SESSION_LABEL}),
+        client.volumes.list(filters={"label": SESSION_LABEL}),
+    ):
         for obj in kind:
             labels = obj.attrs.get("Labels") or obj.attrs.get("Config", {}).get("Labels") or {}
             owners.setdefault(labels.get(SESSION_LABEL, ""), labels.get(OWNER_LABEL, ""))

@@ -30,8 +30,12 @@ def make_provider(engine: docker.DockerClient, **overrides: object) -> DindProvi
 def wait_until_down(provider: DindProvider, name: str) -> None:
     cluster = provider.cluster
     assert cluster is not None
-    wait_for(lambda: Poll(cluster.node(name).state == "down", cluster.node(name).state),
-             what=f"{name} Down", timeout=60, interval=0.5)  # fmt: skip
+    wait_for(
+        lambda: Poll(cluster.node(name).state == "down", cluster.node(name).state),
+        what=f"{name} Down",
+        timeout=60,
+        interval=0.5,
+    )
 
 
 @pytest.fixture(scope="module")

@@ -29,14 +29,16 @@ def test_a_run_provisions_deploys_and_leaves_nothing(
 ) -> None:
     result = project.runpytest_subprocess("--swarm-env=small", "-p", "no:randomly")
     result.assert_outcomes(passed=3)
-    result.stdout.fnmatch_lines([
-        "swarm: provider=dind env=small workers=2 *stacks=stacks/small.yml",
-        "[[]swarm] cluster * ready in * s",
-        "[[]swarm]   master-1: manager (Leader), ready/active, labels reliability=high, engine *, ipvs=*",
-        "[[]swarm]   worker-2: worker, ready/active, labels disk=ssd, engine *",
-        "[[]swarm] stack SMALL converged in * s",
-        "cluster * removed",
-    ])  # fmt: skip
+    result.stdout.fnmatch_lines(
+        [
+            "swarm: provider=dind env=small workers=2 *stacks=stacks/small.yml",
+            "[[]swarm] cluster * ready in * s",
+            "[[]swarm]   master-1: manager (Leader), ready/active, labels reliability=high, engine *, ipvs=*",
+            "[[]swarm]   worker-2: worker, ready/active, labels disk=ssd, engine *",
+            "[[]swarm] stack SMALL converged in * s",
+            "cluster * removed",
+        ]
+    )
     assert leftovers(engine, session_of(result)) == []
 
 
@@ -45,10 +47,12 @@ def test_unset_variable_is_named_before_deploying(
 ) -> None:
     result = project.runpytest_subprocess("--swarm-env=needy", "test_small_stack.py::test_stack_converged")
     result.assert_outcomes(errors=1)
-    result.stdout.fnmatch_lines([
-        "*variables the stack needs are not set in *needy.env:",
-        "*SLEEPER_REPLICAS (used in *small.yml)",
-    ])  # fmt: skip
+    result.stdout.fnmatch_lines(
+        [
+            "*variables the stack needs are not set in *needy.env:",
+            "*SLEEPER_REPLICAS (used in *small.yml)",
+        ]
+    )
     assert "deployed" not in result.stdout.str()
     assert leftovers(engine, session_of(result)) == []
 
@@ -60,7 +64,9 @@ def test_kept_cluster_is_reused_then_removed(
     first.assert_outcomes(passed=3)
     session = session_of(first)
     try:
-        first.stdout.fnmatch_lines([f"cluster {session} kept: DOCKER_HOST=unix://*docker.sock docker node ls*"])
+        first.stdout.fnmatch_lines(
+            [f"cluster {session} kept: DOCKER_HOST=unix://*docker.sock docker node ls*"]
+        )
         assert leftovers(engine, session)
 
         second = project.runpytest_subprocess("--swarm-env=small", "--swarm-reuse")
@@ -70,8 +76,13 @@ def test_kept_cluster_is_reused_then_removed(
         assert reattach < 10
         assert leftovers(engine, session)  # still kept for the next run
     finally:
-        down = subprocess.run([sys.executable, "-m", "pytest_swarm", "down", str(project.path)],
-                              capture_output=True, text=True, timeout=120, check=False)  # fmt: skip
+        down = subprocess.run(
+            [sys.executable, "-m", "pytest_swarm", "down", str(project.path)],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+        )
     assert down.returncode == 0, down.stderr
     assert f"cluster {session} removed" in down.stdout
     assert leftovers(engine, session) == []
@@ -90,14 +101,18 @@ def wait_for_containers(engine: docker.DockerClient, known: set[str], timeout: f
 
 
 def known_sessions(engine: docker.DockerClient) -> set[str]:
-    return {c.labels[SESSION_LABEL] for c in engine.containers.list(all=True, filters={"label": SESSION_LABEL})}
+    return {
+        c.labels[SESSION_LABEL] for c in engine.containers.list(all=True, filters={"label": SESSION_LABEL})
+    }
 
 
 def start_run(project: pytest.Pytester) -> subprocess.Popen[bytes]:
     return subprocess.Popen(
         [sys.executable, "-m", "pytest", "--swarm-env=small", "-p", "no:randomly"],
-        cwd=project.path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )  # fmt: skip
+        cwd=project.path,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
 
 
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])

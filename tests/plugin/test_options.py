@@ -29,16 +29,19 @@ def test_header_shows_the_effective_settings(project: pytest.Pytester) -> None:
     project.makeini("[pytest]\nswarm_workers = 3\n")
     project.makepyfile("def test_nothing(): pass")
     result = project.runpytest("--swarm-env=dev", "--swarm-timeout=45")
-    result.stdout.fnmatch_lines([
-        "swarm: provider=dind env=dev workers=3 keep=never reuse=no timeout=45s "
-        "stacks=stacks/docker-compose.infra.yml,stacks/docker-compose.yml",
-        "swarm settings from: env=cli, timeout=cli, workers=ini",
-    ])  # fmt: skip
+    result.stdout.fnmatch_lines(
+        [
+            "swarm: provider=dind env=dev workers=3 keep=never reuse=no timeout=45s "
+            "stacks=stacks/docker-compose.infra.yml,stacks/docker-compose.yml",
+            "swarm settings from: env=cli, timeout=cli, workers=ini",
+        ]
+    )
     assert result.ret == 0
 
 
-def test_environment_variable_beats_ini_and_cli_beats_both(project: pytest.Pytester,
-                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+def test_environment_variable_beats_ini_and_cli_beats_both(
+    project: pytest.Pytester, monkeypatch: pytest.MonkeyPatch
+) -> None:
     project.makeini("[pytest]\nswarm_workers = 3\nswarm_keep = always\n")
     project.makepyfile("def test_nothing(): pass")
     monkeypatch.setenv("SWARM_WORKERS", "4")
@@ -52,11 +55,17 @@ def test_environment_variable_beats_ini_and_cli_beats_both(project: pytest.Pytes
     [
         (["--swarm-env=qa"], "*--swarm-env=qa: no file *qa.env; found: dev, stage*"),
         (["--swarm-provider=k8s"], "*choose one of: dind, uml, machine, attach*"),
-        (["--swarm-provider=machine"], "*--swarm-provider=machine is not available yet; available: dind*"),
+        (
+            ["--swarm-provider=machine"],
+            "*--swarm-provider=machine is not available yet; available: dind*",
+        ),
         (["--swarm-keep=maybe"], "*choose one of: never, on-failure, always*"),
         (["--swarm-workers=many"], "*whole number >= 0*"),
         (["--swarm-timeout=-3"], "*number of seconds > 0*"),
-        (["--swarm-env=dev", "--swarm-stacks=stacks/missing.yml"], "*compose file not found*missing.yml*"),
+        (
+            ["--swarm-env=dev", "--swarm-stacks=stacks/missing.yml"],
+            "*compose file not found*missing.yml*",
+        ),
     ],
 )
 def test_bad_values_are_usage_errors(project: pytest.Pytester, args: list[str], error: str) -> None:
@@ -76,10 +85,12 @@ def test_bad_ini_labels_are_usage_errors(project: pytest.Pytester) -> None:
 
 def test_markers_are_registered(project: pytest.Pytester) -> None:
     result = project.runpytest("--markers")
-    result.stdout.fnmatch_lines([
-        "@pytest.mark.needs_routing_mesh: the test needs IPVS*",
-        "@pytest.mark.needs_vip: the test needs IPVS*",
-    ])  # fmt: skip
+    result.stdout.fnmatch_lines(
+        [
+            "@pytest.mark.needs_routing_mesh: the test needs IPVS*",
+            "@pytest.mark.needs_vip: the test needs IPVS*",
+        ]
+    )
 
 
 def test_swarm_stack_without_env_says_what_to_do(project: pytest.Pytester) -> None:
@@ -99,12 +110,16 @@ def test_unmarked_tests_never_touch_docker(project: pytest.Pytester, monkeypatch
     project.runpytest("--swarm-env=dev").assert_outcomes(passed=1)
 
 
-def test_engine_unreachable_is_one_clear_error(project: pytest.Pytester, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_engine_unreachable_is_one_clear_error(
+    project: pytest.Pytester, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setenv("DOCKER_HOST", "unix:///nonexistent/docker.sock")
     project.makepyfile("def test_a(swarm): pass\ndef test_b(swarm): pass")
     result = project.runpytest("--swarm-env=dev")
     result.assert_outcomes(errors=2)
-    result.stdout.fnmatch_lines([
-        "swarm: no Docker engine answers at unix:///nonexistent/docker.sock*start dockerd*",
-    ])  # fmt: skip
+    result.stdout.fnmatch_lines(
+        [
+            "swarm: no Docker engine answers at unix:///nonexistent/docker.sock*start dockerd*",
+        ]
+    )
     assert "Traceback" not in result.stdout.str()

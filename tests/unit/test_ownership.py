@@ -34,7 +34,11 @@ def test_kept_record_round_trip(tmp_path: Path, monkeypatch: pytest.MonkeyPatch)
     rootdir.mkdir()
     assert ownership.read_kept(rootdir) is None
     ownership.write_kept(session, rootdir, {"DOCKER_HOST": "unix:///x.sock", "nodes": "master-1"})
-    assert ownership.read_kept(rootdir) == {"session": session.id, "DOCKER_HOST": "unix:///x.sock", "nodes": "master-1"}
+    assert ownership.read_kept(rootdir) == {
+        "session": session.id,
+        "DOCKER_HOST": "unix:///x.sock",
+        "nodes": "master-1",
+    }
     assert session.id not in set(ownership.stale_run_dirs())  # kept: never swept
     ownership.forget_kept(session.id, rootdir)
     assert ownership.read_kept(rootdir) is None

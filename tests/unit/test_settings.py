@@ -19,7 +19,10 @@ def root(tmp_path: Path) -> Path:
 def test_defaults(root: Path) -> None:
     s = resolve({}, {}, {}, root)
     assert (s.provider, s.workers, s.keep, s.reuse, s.timeout) == ("dind", 2, "never", False, 120.0)
-    assert s.stacks == (root / "stacks/docker-compose.infra.yml", root / "stacks/docker-compose.yml")
+    assert s.stacks == (
+        root / "stacks/docker-compose.infra.yml",
+        root / "stacks/docker-compose.yml",
+    )
     assert s.node_labels == {"master-1": {"reliability": "high"}}
     assert s.node_names == ("master-1", "worker-1", "worker-2")
     assert set(s.sources.values()) == {"default"}
@@ -68,7 +71,7 @@ def test_env_file_found(root: Path) -> None:
 
 
 def test_unknown_env_with_no_envs_dir(tmp_path: Path) -> None:
-    with pytest.raises(SettingsError, match="has no \\*.env file"):
+    with pytest.raises(SettingsError, match=r"has no \*\.env file"):
         resolve({"env": "dev"}, {}, {}, tmp_path)
 
 

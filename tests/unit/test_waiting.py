@@ -26,8 +26,15 @@ def test_returns_when_done() -> None:
 def test_timeout_says_desired_state_last_seen_and_hint() -> None:
     clock = FakeClock()
     with pytest.raises(ConvergenceTimeout) as info:
-        wait_for(lambda: Poll(False, "ui 1/3"), what="stack DEV converged", timeout=5, interval=1,
-                 hint="docker stack ps DEV", clock=clock, sleep=clock.sleep)  # fmt: skip
+        wait_for(
+            lambda: Poll(False, "ui 1/3"),
+            what="stack DEV converged",
+            timeout=5,
+            interval=1,
+            hint="docker stack ps DEV",
+            clock=clock,
+            sleep=clock.sleep,
+        )
     message = str(info.value)
     assert "stack DEV converged: not reached within 5 s" in message
     assert "last seen: ui 1/3" in message
@@ -45,11 +52,25 @@ def test_transient_errors_are_retried_and_named() -> None:
             raise ConnectionError("socket not there yet")
         return Poll(True, "up")
 
-    assert wait_for(probe, what="engine", timeout=5, interval=0.5, transient=(ConnectionError,),
-                    clock=clock, sleep=clock.sleep).done  # fmt: skip
+    assert wait_for(
+        probe,
+        what="engine",
+        timeout=5,
+        interval=0.5,
+        transient=(ConnectionError,),
+        clock=clock,
+        sleep=clock.sleep,
+    ).done
     with pytest.raises(ConvergenceTimeout, match="last error: ConnectionError: down"):
-        wait_for(lambda: (_ for _ in ()).throw(ConnectionError("down")), what="engine", timeout=1,
-                 interval=0.5, transient=(ConnectionError,), clock=clock, sleep=clock.sleep)  # fmt: skip
+        wait_for(
+            lambda: (_ for _ in ()).throw(ConnectionError("down")),
+            what="engine",
+            timeout=1,
+            interval=0.5,
+            transient=(ConnectionError,),
+            clock=clock,
+            sleep=clock.sleep,
+        )
 
 
 def test_other_errors_propagate_at_once() -> None:
