@@ -12,6 +12,8 @@ from typing import Any
 
 import docker
 
+from .placement import NodeFacts
+
 STACK_LABEL = "com.docker.stack.namespace"
 
 
@@ -76,6 +78,18 @@ class Node(_View):
     @property
     def platform(self) -> dict[str, str]:
         return dict(self._get("Description", "Platform", default=None) or {})
+
+    def facts(self) -> NodeFacts:
+        """What placement constraints look at."""
+        return NodeFacts(
+            id=self.id,
+            hostname=self.name,
+            role=self.role,
+            os=self.platform.get("OS", ""),
+            arch=self.platform.get("Architecture", ""),
+            labels=self.labels,
+            engine_labels=self.engine_labels,
+        )
 
     @property
     def ready(self) -> bool:

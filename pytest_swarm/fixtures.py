@@ -13,7 +13,7 @@ from .capabilities import FEATURES, skip_reason
 from .cluster import Cluster
 from .errors import SwarmError
 from .lifecycle import lifecycle_of
-from .settings import available_envs
+from .settings import Settings, available_envs
 from .stack import DeployedStack, StackSource
 
 T = TypeVar("T")
@@ -91,6 +91,12 @@ def deploy_stack(request: pytest.FixtureRequest, swarm: Cluster) -> Iterator[Cal
     yield factory
     for stack in reversed(made):
         stack.remove()
+
+
+@pytest.fixture(scope="session")
+def swarm_settings(request: pytest.FixtureRequest) -> Settings:
+    """The run's effective :class:`pytest_swarm.settings.Settings` (options, ini, environment)."""
+    return lifecycle_of(request.config).settings
 
 
 @pytest.fixture(scope="session")

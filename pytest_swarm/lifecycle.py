@@ -8,17 +8,18 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import docker
 import pytest
 
 from .cluster import Cluster
-from .errors import ProvisioningError, SwarmError
+from .errors import ProvisioningError, StackError, SwarmError
 from .ownership import Session, forget_kept, read_kept, write_kept
 from .providers.base import Provider
 from .providers.dind import DindProvider, local_engine, remove_session
 from .settings import Settings
-from .stack import DeployedStack, StackSource, deploy
+from .stack import DeployedStack, StackSource, deploy, render
 
 Progress = Callable[[str], None]
 LIFECYCLE = pytest.StashKey["SwarmLifecycle"]()
@@ -42,6 +43,7 @@ class SwarmLifecycle:
         self.stacks: dict[tuple[str, tuple[Path, ...]], DeployedStack] = {}
         self.summary: list[str] = []
         self._local: docker.DockerClient | None = None
+        self._model: dict[str, Any] | None = None
 
     @property
     def local(self) -> docker.DockerClient:
@@ -140,6 +142,14 @@ class SwarmLifecycle:
             if line not in self.summary:
                 self.summary.append(line)
         return stack
+
+    def declared_model(self) -> dict[str, Any]:
+        """The rendered model of --swarm-env (no cluster needed): for collecting per-service tests."""
+        if self._model is None:
+            if self.settings.env is None:
+                raise StackError("no --swarm-env given: there is no stack to test")
+            self._model = render(self.source(self.settings.env))
+        return self._model
 
     def source(self, env: str, compose_files: tuple[Path, ...] | None = None) -> StackSource:
         return StackSource(

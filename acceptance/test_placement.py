@@ -1,0 +1,33 @@
+"""Placement: what the files declare is what swarm applied, and every running task obeys it."""
+
+from __future__ import annotations
+
+from pytest_swarm.cluster import Cluster
+from pytest_swarm.placement import satisfies
+from pytest_swarm.stack import DeployedStack
+
+
+def declared_constraints(stack: DeployedStack, service: str) -> list[str]:
+    deploy = stack.declared(service).get("deploy") or {}
+    return list((deploy.get("placement") or {}).get("constraints") or [])
+
+
+def test_declared_constraints_are_applied(swarm_stack: DeployedStack, service: str) -> None:
+    declared = sorted(declared_constraints(swarm_stack, service))
+    applied = sorted(swarm_stack.service(service).constraints)
+    assert applied == declared, f"{service}: declared constraints {declared}, applied {applied}"
+
+
+def test_every_running_task_meets_its_constraints(
+    swarm: Cluster, swarm_stack: DeployedStack, service: str
+) -> None:
+    nodes = {n.id: n for n in swarm.nodes()}
+    spec = swarm_stack.service(service)
+    tasks = [t for t in spec.tasks(desired_state="running") if t.state == "running"]
+    assert tasks, f"{service}: no running task"
+    broken = []
+    for task in tasks:
+        node = nodes[task.node_id]
+        for rule in satisfies(node.facts(), spec.constraints):
+            broken.append(f"task {task.id[:12]} on {node.name} breaks {rule}")
+    assert not broken, f"{service}:\n" + "\n".join(broken)
