@@ -12,6 +12,7 @@ import testinfra
 from .capabilities import FEATURES, skip_reason
 from .cluster import Cluster
 from .errors import SwarmError
+from .evidence import DEPLOYED
 from .lifecycle import lifecycle_of
 from .settings import Settings, available_envs
 from .stack import DeployedStack, StackSource
@@ -70,7 +71,7 @@ def deploy_stack(request: pytest.FixtureRequest, swarm: Cluster) -> Iterator[Cal
     the test ends.
     """
     lifecycle = lifecycle_of(request.config)
-    made: list[DeployedStack] = []
+    made: list[DeployedStack] = request.node.stash.setdefault(DEPLOYED, [])
 
     def factory(
         env: str | None = None,

@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 
+from . import evidence
 from .capabilities import FEATURES
 from .lifecycle import LIFECYCLE, SwarmLifecycle, lifecycle_of
 from .settings import OPTIONS, Settings, SettingsError, resolve
@@ -99,6 +100,18 @@ def pytest_report_header(config: pytest.Config) -> list[str]:
     if explicit:
         lines.append("swarm settings from: " + ", ".join(f"{k}={v}" for k, v in sorted(explicit.items())))
     return lines
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Any:
+    """A failed test's report carries the evidence of the stacks it used (terminal and JUnit)."""
+    report = yield
+    if report.failed and call.when == "call":
+        for stack in evidence.stacks_used_by(item):
+            text = evidence.collect(stack, evidence.services_tested_by(item))
+            report.sections.append((f"swarm evidence: stack {stack.name}", text))
+            item.user_properties.append((f"swarm_evidence_{stack.name}", text))  # JUnit <property>
+    return report
 
 
 def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> None:

@@ -147,3 +147,26 @@ def test_killed_run_is_swept_by_the_next(
     result.assert_outcomes(passed=1)
     result.stdout.fnmatch_lines([f"*swept what earlier runs left: sessions *{session}*"])
     assert leftovers(engine, session) == []
+
+
+def test_a_failing_test_carries_evidence_in_terminal_and_junit(project: pytest.Pytester) -> None:
+    project.makepyfile(
+        test_broken="""
+def test_expects_too_many(swarm_stack):
+    assert swarm_stack.service("sleeper").running == 99
+"""
+    )
+    junit = project.path / "report.xml"
+    result = project.runpytest_subprocess("--swarm-env=small", "test_broken.py", f"--junitxml={junit}")
+    result.assert_outcomes(failed=1)
+    result.stdout.fnmatch_lines([
+        "*swarm evidence: stack SMALL*",
+        "--- docker node ls",
+        "master-1: manager (Leader), ready/active*",
+        "--- docker stack ps --no-trunc SMALL",
+        "*SMALL_sleeper.1 *debian:bookworm-slim*Running*",
+        "--- failing tasks",
+    ])  # fmt: skip
+    xml = junit.read_text()
+    assert 'property name="swarm_evidence_SMALL"' in xml
+    assert "SMALL_sleeper.1" in xml

@@ -1,0 +1,66 @@
+"""Evidence for a failed test: what a reviewer would otherwise collect by hand.
+
+``docker node ls``, ``docker stack ps --no-trunc``, the failing tasks' errors and the last log
+lines of the services involved, as one text block.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import pytest
+
+from .commands import run_docker
+from .errors import SwarmError
+from .stack import DeployedStack
+
+LOG_LINES = 50
+DEPLOYED = pytest.StashKey[list[DeployedStack]]()
+SERVICE_PARAMETERS = ("service", "replicated_service", "global_service")
+
+
+def stacks_used_by(item: pytest.Item) -> list[DeployedStack]:
+    """The stacks a test had: ``swarm_stack`` and what its ``deploy_stack`` made."""
+    funcargs = getattr(item, "funcargs", {})
+    stacks = [funcargs["swarm_stack"]] if isinstance(funcargs.get("swarm_stack"), DeployedStack) else []
+    made: list[DeployedStack] = item.stash.get(DEPLOYED, [])
+    return stacks + made
+
+
+def services_tested_by(item: pytest.Item) -> list[str]:
+    """The service a per-service test ran for (its parameter), if any."""
+    callspec = getattr(item, "callspec", None)
+    params = callspec.params if callspec is not None else {}
+    return [str(params[name]) for name in SERVICE_PARAMETERS if name in params]
+
+
+def _section(title: str, body: str) -> str:
+    return f"--- {title}\n{body.rstrip() or '(empty)'}\n"
+
+
+def _docker(stack: DeployedStack, args: Sequence[str]) -> str:
+    try:
+        return run_docker(args, host=stack.cluster.manager_url, timeout=30)
+    except SwarmError as exc:
+        return f"(could not run docker {' '.join(args)}: {exc})"
+
+
+def collect(stack: DeployedStack, services: Sequence[str] = ()) -> str:
+    """Evidence about ``stack``; logs of ``services`` (short names), or of the unconverged ones."""
+    parts = [
+        _section("docker node ls", "\n".join(n.describe() for n in stack.cluster.nodes())),
+        _section(
+            f"docker stack ps --no-trunc {stack.name}",
+            _docker(stack, ["stack", "ps", "--no-trunc", stack.name]),
+        ),
+    ]
+    errors = stack.task_errors()
+    parts.append(_section("failing tasks", "\n".join(errors) or "(none)"))
+    involved = list(services) or [
+        s.name.removeprefix(f"{stack.name}_") for s in stack.services() if s.running < s.desired
+    ]
+    for service in involved:
+        full = stack.full_name(service)
+        logs = _docker(stack, ["service", "logs", "--no-trunc", "--tail", str(LOG_LINES), full])
+        parts.append(_section(f"docker service logs --tail {LOG_LINES} {full}", logs))
+    return "\n".join(parts)
