@@ -1,0 +1,103 @@
+"""Routing-mesh probes and the balance analysis.
+
+A probe sends requests to one node's address on a published port, each on a new TCP
+connection (the mesh balances connections, not requests), and reads which container answered
+from the ui page's header: "Microservices Reddit in <ENV> <HOSTNAME> container". A task
+container's hostname is the first 12 characters of its container id.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from collections import Counter
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+
+import requests
+
+HEADER = re.compile(r"Microservices Reddit in\s+(?P<env>\S+)\s+(?P<host>\S+)\s+container")
+
+
+@dataclass(frozen=True)
+class Answer:
+    """One request's outcome: the HTTP status (0 = no answer) and who answered."""
+
+    status: int
+    env: str = ""
+    host: str = ""
+    error: str = ""
+
+
+def parse_page(text: str) -> tuple[str, str] | None:
+    """(ENV, HOSTNAME) from the ui page header, or None when the page has no such header."""
+    match = HEADER.search(text)
+    return (match["env"], match["host"]) if match else None
+
+
+def probe(address: str, port: int, count: int, timeout: float = 3.0, path: str = "/") -> list[Answer]:
+    """``count`` GETs to http://address:port/path, each on a fresh connection; bounded in time."""
+    answers = []
+    deadline = time.monotonic() + count * timeout
+    for _ in range(count):
+        if time.monotonic() > deadline:
+            answers.append(Answer(0, error="probe deadline passed"))
+            continue
+        try:
+            response = requests.get(
+                f"http://{address}:{port}{path}", timeout=timeout, headers={"Connection": "close"}
+            )
+        except requests.RequestException as exc:
+            answers.append(Answer(0, error=type(exc).__name__))
+            continue
+        parsed = parse_page(response.text) or ("", "")
+        answers.append(Answer(response.status_code, env=parsed[0], host=parsed[1]))
+    return answers
+
+
+@dataclass
+class Balance:
+    """How answers spread over the expected containers."""
+
+    counts: dict[str, int]
+    expected: list[str]
+    failures: int
+    unexpected: list[str] = field(default_factory=list)
+    missing: list[str] = field(default_factory=list)
+    uneven: dict[str, float] = field(default_factory=dict)  # container -> share / even share
+
+    @property
+    def ok(self) -> bool:
+        return not (self.failures or self.unexpected or self.missing or self.uneven)
+
+    def describe(self) -> str:
+        parts = [f"answers per container {self.counts}"]
+        if self.failures:
+            parts.append(f"{self.failures} requests failed")
+        if self.unexpected:
+            parts.append(f"answered by containers that are not tasks: {self.unexpected}")
+        if self.missing:
+            parts.append(f"tasks that never answered: {self.missing}")
+        if self.uneven:
+            ratios = {k: round(v, 2) for k, v in self.uneven.items()}
+            parts.append(f"shares outside 0.5x..1.5x of an even split: {ratios}")
+        return "; ".join(parts)
+
+
+def analyse(
+    answers: Sequence[Answer], expected: Iterable[str], low: float = 0.5, high: float = 1.5
+) -> Balance:
+    """Compare who answered with the expected container hostnames (12-char ids)."""
+    wanted = sorted(set(expected))
+    ok = [a for a in answers if a.status == 200]
+    counts = Counter(a.host for a in ok)
+    balance = Balance(counts=dict(sorted(counts.items())), expected=wanted, failures=len(answers) - len(ok))
+    balance.unexpected = sorted(set(counts) - set(wanted))
+    balance.missing = [c for c in wanted if c not in counts]
+    if ok and wanted:
+        even = len(ok) / len(wanted)
+        for container in wanted:
+            ratio = counts.get(container, 0) / even
+            if not low <= ratio <= high:
+                balance.uneven[container] = ratio
+    return balance
