@@ -342,6 +342,36 @@ def prepare_images(
     return plan
 
 
+VARIANTS = {"next": {}, "broken": {"BROKEN": "1"}}  # suffix -> extra build args
+
+
+def variant_ref(ref: str, variant: str) -> str:
+    """``reddit/ui:1.0`` -> ``reddit/ui:1.0-next``: the image a suite updates to."""
+    return f"{ref}-{variant}"
+
+
+def build_variants(
+    client: docker.DockerClient, context: Path, ref: str, progress: Progress = _quiet
+) -> list[str]:
+    """Build the update (``-next``) and ``-broken`` versions of ``ref`` when its Dockerfile opts in.
+
+    A recipe opts in by declaring ``ARG BROKEN``: then ``BROKEN=1`` builds a version that runs
+    but fails its healthcheck. Both differ from ``ref`` only in their last layers, so they cost
+    little to build and to load on every node, and they exist before any node boots.
+    """
+    if not re.search(r"^\s*ARG\s+BROKEN\b", (context / "Dockerfile").read_text(), re.M):
+        return []
+    refs = []
+    for variant, extra in VARIANTS.items():
+        target = variant_ref(ref, variant)
+        version = target.rpartition(":")[2]
+        build_image(
+            client, context, [target], buildargs={"VERSION": version, **extra}, what=target, progress=progress
+        )
+        refs.append(target)
+    return refs
+
+
 def _is_standin(client: docker.DockerClient, ref: str) -> bool:
     try:
         labels = client.images.get(ref).labels or {}
