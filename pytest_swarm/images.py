@@ -318,6 +318,7 @@ def prepare_images(
                 progress=progress,
             )
             plan.built.append(ref)
+            plan.refs += build_variants(client, build[service], ref, progress)
         elif image_exists(client, ref) and not _is_standin(client, ref):
             pass
         elif service in offline:

@@ -15,6 +15,7 @@ import pytest
 
 from . import evidence
 from .capabilities import FEATURES
+from .errors import SwarmError
 from .lifecycle import LIFECYCLE, SwarmLifecycle, lifecycle_of
 from .settings import OPTIONS, Settings, SettingsError, resolve
 
@@ -85,6 +86,17 @@ def _install_sigterm(config: pytest.Config) -> None:
         config.stash[_PREVIOUS_SIGTERM] = signal.signal(signal.SIGTERM, interrupt)
     except ValueError:
         pass  # not the main thread (e.g. embedded pytest): leave signals alone
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    """With --swarm-env, render the stack first: a bad env or compose file stops the run at once."""
+    lifecycle = lifecycle_of(session.config)
+    if lifecycle.settings.env is None:
+        return
+    try:
+        lifecycle.declared_model()
+    except SwarmError as exc:
+        raise pytest.UsageError(f"swarm: {exc}") from exc
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:

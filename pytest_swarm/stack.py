@@ -87,11 +87,25 @@ def required_variables(text: str) -> set[str]:
     return required
 
 
+def _strings(node: Any) -> Iterable[str]:
+    """Every string of a parsed YAML document, keys included (comments are already gone)."""
+    if isinstance(node, str):
+        yield node
+    elif isinstance(node, Mapping):
+        for key, value in node.items():
+            yield from _strings(key)
+            yield from _strings(value)
+    elif isinstance(node, list):
+        for item in node:
+            yield from _strings(item)
+
+
 def missing_variables(files: Sequence[Path], values: Mapping[str, str]) -> dict[str, list[str]]:
     """Variable -> files that need it, for every variable neither the env file nor the process sets."""
     missing: dict[str, list[str]] = {}
     for path in files:
-        for name in sorted(required_variables(path.read_text())):
+        text = "\n".join(_strings(yaml.safe_load(path.read_text())))
+        for name in sorted(required_variables(text)):
             if name not in values and name not in os.environ:
                 missing.setdefault(name, []).append(str(path))
     return missing
