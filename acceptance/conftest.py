@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import pytest
 
-from pytest_swarm.errors import SwarmError
 from pytest_swarm.lifecycle import lifecycle_of
 
 PARAMETERS = {"service": None, "replicated_service": "replicated", "global_service": "global"}
@@ -19,10 +18,7 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     wanted = [name for name in PARAMETERS if name in metafunc.fixturenames]
     if not wanted:
         return
-    try:
-        model = lifecycle_of(metafunc.config).declared_model()
-    except SwarmError as exc:
-        raise pytest.UsageError(f"swarm: {exc}") from exc
+    model = lifecycle_of(metafunc.config).declared_model()  # rendered at session start
     for name in wanted:
         mode = PARAMETERS[name]
         services = sorted(

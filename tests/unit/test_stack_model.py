@@ -24,6 +24,7 @@ def test_missing_variables_name_the_files(tmp_path: Path, monkeypatch: pytest.Mo
     monkeypatch.setenv("FROM_PROCESS", "1")
     one = tmp_path / "one.yml"
     one.write_text(
+        "# ${IN_A_COMMENT} is not interpolated\n"
         "services:\n  ui:\n    image: ${USER_NAME}/ui:${UI_VERSION}\n    x: ${UI_PORT} ${FROM_PROCESS}\n"
     )
     assert missing_variables([one], {"USER_NAME": "r", "UI_VERSION": "1"}) == {"UI_PORT": [str(one)]}
