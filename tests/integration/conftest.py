@@ -13,6 +13,8 @@ import pytest
 from pytest_swarm.ownership import RUN_ROOT, SESSION_LABEL, cgroup_dirs
 
 PROJECT = Path(__file__).parent / "project"
+# The project folder is what the pytester runs copy and run with their own options.
+collect_ignore = ["project"]
 
 
 @pytest.fixture(scope="session")
