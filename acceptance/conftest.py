@@ -1,17 +1,29 @@
 """Acceptance suites: expectations come from the rendered stack (what the files declare).
 
-Tests that take ``service`` run once per declared service; ``replicated_service`` and
-``global_service`` once per service of that mode. The ids are the service names, so a report
-says which service broke a promise.
+A test that takes one of the parameters below runs once per declared service that has what it
+checks (e.g. ``limited_service``: every service declaring resource limits). The ids are the
+service names, so a report says which service broke which promise.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping
+from typing import Any
+
 import pytest
 
+from pytest_swarm import declared
 from pytest_swarm.lifecycle import lifecycle_of
 
-PARAMETERS = {"service": None, "replicated_service": "replicated", "global_service": "global"}
+Spec = Mapping[str, Any]
+PARAMETERS: dict[str, Callable[[Spec], bool]] = {
+    "service": lambda spec: True,
+    "replicated_service": lambda spec: declared.replicas(spec) is not None,
+    "global_service": lambda spec: declared.replicas(spec) is None,
+    "limited_service": lambda spec: declared.limits(spec) != declared.Limits(None, None),
+    "restarting_service": lambda spec: declared.restart_policy(spec) is not None,
+    "updated_service": lambda spec: "update_config" in declared.deploy_section(spec),
+}
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
@@ -19,11 +31,7 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     if not wanted:
         return
     model = lifecycle_of(metafunc.config).declared_model()  # rendered at session start
+    services: dict[str, Spec] = model.get("services") or {}
     for name in wanted:
-        mode = PARAMETERS[name]
-        services = sorted(
-            service
-            for service, spec in (model.get("services") or {}).items()
-            if mode is None or ((spec.get("deploy") or {}).get("mode") or "replicated") == mode
-        )
-        metafunc.parametrize(name, services, ids=services)
+        chosen = sorted(s for s, spec in services.items() if PARAMETERS[name](spec))
+        metafunc.parametrize(name, chosen, ids=chosen)

@@ -23,7 +23,7 @@ def test_every_running_task_meets_its_constraints(
 ) -> None:
     nodes = {n.id: n for n in swarm.nodes()}
     spec = swarm_stack.service(service)
-    tasks = [t for t in spec.tasks(desired_state="running") if t.state == "running"]
+    tasks = spec.running_tasks()
     assert tasks, f"{service}: no running task"
     broken = []
     for task in tasks:

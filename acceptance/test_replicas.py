@@ -5,17 +5,14 @@ from __future__ import annotations
 from collections import Counter
 
 from pytest_swarm.cluster import Cluster, Service
+from pytest_swarm.declared import replicas
 from pytest_swarm.placement import eligible
 from pytest_swarm.stack import DeployedStack
 
 
 def running_per_node(swarm: Cluster, service: Service) -> Counter[str]:
     names = swarm.node_names_by_id()
-    return Counter(
-        names.get(t.node_id, t.node_id)
-        for t in service.tasks(desired_state="running")
-        if t.state == "running"
-    )
+    return Counter(names.get(t.node_id, t.node_id) for t in service.running_tasks())
 
 
 def eligible_nodes(swarm: Cluster, service: Service) -> list[str]:
@@ -25,8 +22,9 @@ def eligible_nodes(swarm: Cluster, service: Service) -> list[str]:
 
 
 def test_declared_replicas_are_running(swarm_stack: DeployedStack, replicated_service: str) -> None:
-    declared = int((swarm_stack.declared(replicated_service).get("deploy") or {}).get("replicas", 1))
+    declared_replicas = replicas(swarm_stack.declared(replicated_service))
     service = swarm_stack.service(replicated_service)
+    declared = declared_replicas
     assert (service.replicas, service.running) == (declared, declared), (
         f"{replicated_service}: declared replicas {declared}, "
         f"applied {service.replicas}, running {service.running}"

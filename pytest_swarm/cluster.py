@@ -213,6 +213,9 @@ class Service(_View):
             filters["desired-state"] = desired_state
         return [Task(t) for t in self._client.api.tasks(filters=filters)]
 
+    def running_tasks(self) -> list[Task]:
+        return [t for t in self.tasks(desired_state="running") if t.state == "running"]
+
     def last_error(self) -> str:
         """The newest task error or status message of this service, if any."""
         tasks = sorted(self.tasks(), key=lambda t: t.timestamp, reverse=True)

@@ -64,11 +64,11 @@ def swarm_stack(request: pytest.FixtureRequest, swarm: Cluster) -> DeployedStack
 
 @pytest.fixture
 def deploy_stack(request: pytest.FixtureRequest, swarm: Cluster) -> Iterator[Callable[..., DeployedStack]]:
-    """A factory: ``deploy_stack(env="stage", compose_files=None, name=None, timeout=None)``.
+    """A factory: ``deploy_stack(env, compose_files, env_file, name, timeout, wait=True)``, all optional.
 
-    Deploys another env, or other compose files (paths), on the session's cluster, waits for
-    convergence and returns the :class:`DeployedStack`. Every stack it made is removed when
-    the test ends.
+    Deploys another env, or other compose files (paths), on the session's cluster, under the
+    env's stack name or ``name``; waits for convergence unless ``wait=False``; returns the
+    :class:`DeployedStack`. Every stack it made is removed when the test ends.
     """
     lifecycle = lifecycle_of(request.config)
     made: list[DeployedStack] = request.node.stash.setdefault(DEPLOYED, [])
@@ -77,17 +77,20 @@ def deploy_stack(request: pytest.FixtureRequest, swarm: Cluster) -> Iterator[Cal
         env: str | None = None,
         compose_files: list[Path] | tuple[Path, ...] | None = None,
         env_file: Path | None = None,
+        name: str | None = None,
         timeout: float | None = None,
+        wait: bool = True,
     ) -> DeployedStack:
-        name = env or lifecycle.settings.env
-        if name is None and env_file is None:
+        env = env or lifecycle.settings.env
+        if env is None and env_file is None:
             raise SwarmError("deploy_stack needs env= or env_file= (or --swarm-env)")
         source = StackSource(
-            env=name or Path(str(env_file)).stem,
-            env_file=env_file or lifecycle.settings.envs_dir / f"{name}.env",
+            env=env or Path(str(env_file)).stem,
+            env_file=env_file or lifecycle.settings.envs_dir / f"{env}.env",
             compose_files=tuple(compose_files or lifecycle.settings.stacks),
+            stack_name=name,
         )
-        return _or_fail(lambda: lifecycle.deploy(source, timeout, on_deployed=made.append))
+        return _or_fail(lambda: lifecycle.deploy(source, timeout, on_deployed=made.append, wait=wait))
 
     yield factory
     for stack in reversed(made):

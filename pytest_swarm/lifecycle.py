@@ -122,8 +122,9 @@ class SwarmLifecycle:
         source: StackSource,
         timeout: float | None = None,
         on_deployed: Callable[[DeployedStack], None] = lambda _stack: None,
+        wait: bool = True,
     ) -> DeployedStack:
-        """Deploy ``source`` on the cluster (not cached) and wait for it to converge."""
+        """Deploy ``source`` on the cluster (not cached) and, with ``wait``, let it converge."""
         cluster = self.cluster()
         assert self.provider is not None
         stack = deploy(
@@ -136,6 +137,7 @@ class SwarmLifecycle:
             timeout=timeout or self.settings.timeout,
             progress=self.progress,
             on_deployed=on_deployed,
+            wait=wait,
         )
         for service in stack.standins:
             line = f"{stack.name}: {service} runs a stand-in image ({stack.declared(service).get('image')})"

@@ -36,12 +36,13 @@ class StackSource:
     env: str
     env_file: Path
     compose_files: tuple[Path, ...]
+    stack_name: str | None = None  # overrides the name derived from the env
 
     def values(self) -> dict[str, str]:
         return load_env(self.env_file)
 
     def name(self) -> str:
-        return stack_name(self.env, self.values())
+        return self.stack_name or stack_name(self.env, self.values())
 
 
 def load_env(env_file: Path) -> dict[str, str]:
@@ -314,8 +315,9 @@ def deploy(
     timeout: float,
     progress: Callable[[str], None],
     on_deployed: Callable[[DeployedStack], None] = lambda _stack: None,
+    wait: bool = True,
 ) -> DeployedStack:
-    """Render, prepare and load the images, deploy, and wait for convergence.
+    """Render, prepare and load the images, deploy, and (``wait``) wait for convergence.
 
     ``on_deployed`` is told of the stack as soon as it exists on the cluster, so a caller can
     remove it even when convergence then fails.
@@ -333,7 +335,8 @@ def deploy(
     )
     stack.deploy()
     on_deployed(stack)
-    progress(f"stack {stack.name} deployed ({len(stack.declared_services)} services); converging")
-    stack.converge(timeout)
-    progress(f"stack {stack.name} converged in {stack.seconds_to_converge:.1f} s")
+    progress(f"stack {stack.name} deployed ({len(stack.declared_services)} services)")
+    if wait:
+        stack.converge(timeout)
+        progress(f"stack {stack.name} converged in {stack.seconds_to_converge:.1f} s")
     return stack

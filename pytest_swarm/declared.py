@@ -1,0 +1,113 @@
+"""What a rendered compose service declares under ``deploy:``, with swarm's defaults filled in.
+
+The suites compare these declared values with the service spec swarm applied and with what
+the nodes enforce; every duration is in seconds, every size in bytes.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+_DURATION = re.compile(r"(\d+(?:\.\d+)?)(ns|us|µs|ms|s|m|h)")
+_UNITS = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}
+_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]?)i?b?\s*$", re.I)
+
+
+def parse_duration(value: Any) -> float:
+    """``"1m30s"`` -> 90.0; a bare number is seconds (compose writes Go durations)."""
+    if isinstance(value, int | float):
+        return float(value)
+    text = str(value).strip()
+    if re.fullmatch(r"\d+(\.\d+)?", text):
+        return float(text)
+    parts = _DURATION.findall(text)
+    if not parts or "".join(n + u for n, u in parts) != text:
+        raise ValueError(f"{value!r} is not a duration (e.g. 10s, 1m30s, 500ms)")
+    return sum(float(number) * _UNITS[unit] for number, unit in parts)
+
+
+def parse_bytes(value: Any) -> int:
+    """``"150M"`` -> 157286400; ``"314572800"`` (how ``docker stack config`` writes it) -> itself."""
+    if isinstance(value, int):
+        return value
+    match = _SIZE.match(str(value))
+    if not match:
+        raise ValueError(f"{value!r} is not a size (e.g. 150M, 1G, 314572800)")
+    number, unit = match.groups()
+    return int(float(number) * 1024 ** "bkmgt".index((unit or "b").lower()))
+
+
+def deploy_section(service: Mapping[str, Any]) -> dict[str, Any]:
+    return dict(service.get("deploy") or {})
+
+
+@dataclass(frozen=True)
+class Limits:
+    cpus: float | None
+    memory: int | None
+
+
+def limits(service: Mapping[str, Any]) -> Limits:
+    raw = ((deploy_section(service).get("resources") or {}).get("limits")) or {}
+    cpus = raw.get("cpus")
+    memory = raw.get("memory")
+    return Limits(
+        cpus=None if cpus is None else float(cpus),
+        memory=None if memory is None else parse_bytes(memory),
+    )
+
+
+@dataclass(frozen=True)
+class RestartPolicy:
+    condition: str
+    delay: float
+    max_attempts: int | None  # None: no limit
+    window: float
+
+
+def restart_policy(service: Mapping[str, Any]) -> RestartPolicy | None:
+    """The declared policy, or None when the service declares none (swarm then restarts forever)."""
+    raw = deploy_section(service).get("restart_policy")
+    if raw is None:
+        return None
+    attempts = raw.get("max_attempts")
+    return RestartPolicy(
+        condition=str(raw.get("condition", "any")),
+        delay=parse_duration(raw.get("delay", "5s")),  # swarm's default delay
+        max_attempts=None if attempts in (None, 0) else int(attempts),
+        window=parse_duration(raw.get("window", 0)),
+    )
+
+
+@dataclass(frozen=True)
+class UpdateConfig:
+    parallelism: int
+    delay: float
+    failure_action: str
+    monitor: float
+    max_failure_ratio: float
+    order: str
+
+
+def update_config(service: Mapping[str, Any], key: str = "update_config") -> UpdateConfig:
+    """``update_config`` (or ``rollback_config``) with the defaults ``docker stack deploy`` applies."""
+    raw = deploy_section(service).get(key) or {}
+    return UpdateConfig(
+        parallelism=int(raw.get("parallelism", 1)),
+        delay=parse_duration(raw.get("delay", 0)),
+        failure_action=str(raw.get("failure_action", "pause")),
+        monitor=parse_duration(raw.get("monitor", "5s")),
+        max_failure_ratio=float(raw.get("max_failure_ratio", 0)),
+        order=str(raw.get("order", "stop-first")),
+    )
+
+
+def replicas(service: Mapping[str, Any]) -> int | None:
+    """Declared replicas of a replicated service (1 when unset); None for a global one."""
+    section = deploy_section(service)
+    if section.get("mode") == "global":
+        return None
+    return int(section.get("replicas", 1))
