@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from datetime import datetime
 from itertools import pairwise
 from pathlib import Path
 from typing import Any
@@ -19,16 +18,11 @@ import pytest
 import yaml
 
 from pytest_swarm import declared
+from pytest_swarm.cluster import seconds
 from pytest_swarm.stack import DeployedStack
 
 LIFETIME = 1.0  # seconds each attempt runs before it exits
 SETTLE = 4.0  # seconds past the policy's delay in which no further attempt may start
-
-
-def timestamp(text: str) -> float:
-    """Swarm's RFC 3339 timestamps carry nanoseconds; Python reads microseconds."""
-    head, _, tail = text.rstrip("Z").partition(".")
-    return datetime.fromisoformat(f"{head}.{(tail + '000000')[:6]}+00:00").timestamp()
 
 
 def crasher(tmp_path: Path, spec: dict[str, Any], exit_code: int) -> Path:
@@ -59,9 +53,9 @@ class Attempts:
     def poll(self) -> None:
         for task in self.service.tasks():
             if task.state == "running":
-                self.started.setdefault(task.id, timestamp(task.timestamp))
+                self.started.setdefault(task.id, seconds(task.timestamp))
             elif task.state in ("complete", "failed", "shutdown", "rejected"):
-                self.ended.setdefault(task.id, (timestamp(task.timestamp), task.state, task.exit_code))
+                self.ended.setdefault(task.id, (seconds(task.timestamp), task.state, task.exit_code))
 
     def watch(self, until_quiet_for: float, deadline: float) -> None:
         """Poll until no new attempt appeared for ``until_quiet_for`` s, or the deadline (bounded)."""

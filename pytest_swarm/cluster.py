@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
 
 import docker
@@ -15,6 +16,12 @@ import docker
 from .placement import NodeFacts
 
 STACK_LABEL = "com.docker.stack.namespace"
+
+
+def seconds(timestamp: str) -> float:
+    """Swarm's RFC 3339 timestamps (nanoseconds) as POSIX seconds (microsecond precision)."""
+    head, _, tail = timestamp.rstrip("Z").partition(".")
+    return datetime.fromisoformat(f"{head}.{(tail + '000000')[:6]}+00:00").timestamp()
 
 
 class _View:
