@@ -52,7 +52,7 @@ class Attempts:
 
     def poll(self) -> None:
         for task in self.service.tasks():
-            if task.state == "running":
+            if task.state in ("starting", "running"):  # "starting": its healthcheck hasn't passed yet
                 self.started.setdefault(task.id, seconds(task.timestamp))
             elif task.state in ("complete", "failed", "shutdown", "rejected"):
                 self.ended.setdefault(task.id, (seconds(task.timestamp), task.state, task.exit_code))

@@ -60,7 +60,14 @@ def wait_update(service: Service, deadline: float, done: tuple[str, ...] = DONE)
 def restore(stack: DeployedStack, service: Service, image: str, timeout: float) -> None:
     """Back to ``image`` with every task running it, whatever state the update ended in."""
     if service.reload().image != image:
-        update_image(stack, service, image)
+        # A rollback returns to the previous spec under rollback_config (no update delay).
+        previous = (service.attrs.get("PreviousSpec") or {}).get("TaskTemplate", {}).get("ContainerSpec", {})
+        if str(previous.get("Image", "")).split("@")[0] == image:
+            run_docker(
+                ["service", "rollback", "--detach", service.name], host=stack.cluster.manager_url, timeout=60
+            )
+        else:
+            update_image(stack, service, image)
     wait_for(
         lambda: Poll(
             service.reload().update_state not in ("updating", "rollback_started")
