@@ -171,7 +171,11 @@ class Service(_View):
         self._client = client
 
     def reload(self) -> Service:
-        self.attrs = self._client.api.inspect_service(self.id)
+        """A fresh look, with the running/desired counts (only the list call carries them)."""
+        listed = [
+            s for s in self._client.api.services(filters={"id": self.id}, status=True) if s["ID"] == self.id
+        ]
+        self.attrs = listed[0] if listed else self._client.api.inspect_service(self.id)
         return self
 
     @property
@@ -272,10 +276,7 @@ class Cluster:
         return sorted((Service(s, self.client) for s in raw), key=lambda s: s.name)
 
     def service(self, name: str) -> Service:
-        attrs = self.client.api.inspect_service(name)
-        # inspect has no ServiceStatus; the list call does.
-        listed = self.client.api.services(filters={"id": attrs["ID"]}, status=True)
-        return Service(listed[0] if listed else attrs, self.client)
+        return Service(self.client.api.inspect_service(name), self.client).reload()
 
     def missing_capability(self, capability: str) -> list[str]:
         """Nodes that lack ``capability``."""

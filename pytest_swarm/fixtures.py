@@ -14,6 +14,7 @@ from .cluster import Cluster
 from .errors import SwarmError
 from .evidence import DEPLOYED
 from .lifecycle import lifecycle_of
+from .providers.base import Provider
 from .settings import Settings, available_envs
 from .stack import DeployedStack, StackSource
 
@@ -95,6 +96,18 @@ def deploy_stack(request: pytest.FixtureRequest, swarm: Cluster) -> Iterator[Cal
     yield factory
     for stack in reversed(made):
         stack.remove()
+
+
+@pytest.fixture(scope="session")
+def swarm_provider(request: pytest.FixtureRequest, swarm: Cluster) -> Provider:
+    """The provider behind ``swarm``: ``add_node()``, ``remove_node(name)``, ``stop_node(name)``,
+    ``start_node(name)``, ``load_images(refs)``, ``address(name)``.
+
+    A test that changes the cluster with it restores what it changed before it ends.
+    """
+    provider = lifecycle_of(request.config).provider
+    assert provider is not None
+    return provider
 
 
 @pytest.fixture(scope="session")

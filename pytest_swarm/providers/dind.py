@@ -99,6 +99,7 @@ class DindProvider:
         self.client = client or local_engine()
         self.network = session.prefix
         self._engines: dict[str, Engine] = {}
+        self._images: set[str] = set()  # every image loaded so far: a new node gets them too
         self._image = ""
         self.cluster: Cluster | None = None
 
@@ -243,6 +244,7 @@ class DindProvider:
         number = next(i for i in range(1, 1000) if f"{prefix}-{i}" not in taken)
         name = f"{prefix}-{number}"
         engine = self._start_node(name)
+        self.load_images(sorted(self._images))  # what the stacks run, before tasks land there
         manager = self._engines["master-1"]
         token = manager.client.swarm.attrs["JoinTokens"]["Manager" if role == "manager" else "Worker"]
         join(engine, manager.address, token)
@@ -288,6 +290,7 @@ class DindProvider:
     def load_images(self, refs: Sequence[str]) -> None:
         """Make ``refs`` present on every node: one ``docker save``, loaded in parallel."""
         wanted = sorted(set(refs))
+        self._images.update(wanted)
         lacking = {
             n: [r for r in wanted if not images.image_exists(e.client, r)] for n, e in self._engines.items()
         }

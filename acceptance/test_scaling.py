@@ -1,0 +1,128 @@
+"""Scaling and a new node (the lesson's homework): replicas follow `service scale`, spread stays even,
+a new worker gets every global task at once, no replicated task moves to it, and the next new
+replicas go to it first. Every test puts the replicas and the nodes back as they were.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import pytest
+
+from pytest_swarm.cluster import Cluster, Service
+from pytest_swarm.commands import run_docker
+from pytest_swarm.placement import eligible
+from pytest_swarm.providers.base import Provider
+from pytest_swarm.settings import Settings
+from pytest_swarm.stack import DeployedStack
+from pytest_swarm.waiting import Poll, wait_for
+
+
+def per_node(swarm: Cluster, service: Service) -> Counter[str]:
+    names = swarm.node_names_by_id()
+    return Counter(names.get(t.node_id, t.node_id) for t in service.running_tasks())
+
+
+def spread(swarm: Cluster, service: Service) -> dict[str, int]:
+    """Running tasks on each eligible Ready node (0 included)."""
+    nodes = [f.hostname for f in eligible([n.facts() for n in swarm.nodes() if n.ready], service.constraints)]
+    counts = per_node(swarm, service)
+    return {n: counts.get(n, 0) for n in sorted(nodes)}
+
+
+def scale(stack: DeployedStack, service: Service, replicas: int, timeout: float) -> None:
+    run_docker(["service", "scale", "--detach", f"{service.name}={replicas}"],
+               host=stack.cluster.manager_url, timeout=60)  # fmt: skip
+    wait_for(
+        lambda: Poll(len(service.reload().running_tasks()) == replicas == service.replicas,
+                     f"{len(service.running_tasks())}/{replicas} running"),
+        what=f"{service.name} scaled to {replicas}", timeout=timeout, interval=0.5,
+    )  # fmt: skip
+
+
+@contextmanager
+def scaled_back(stack: DeployedStack, service: Service, timeout: float) -> Iterator[int]:
+    """Yield the current replicas; scale back to them at the end, whatever happened."""
+    original = service.replicas
+    assert original is not None
+    try:
+        yield original
+    finally:
+        scale(stack, service, original, timeout)
+
+
+def stateless_or_skip(stack: DeployedStack, service: str) -> None:
+    volumes = stack.declared(service).get("volumes") or []
+    if volumes:
+        pytest.skip(
+            f"{service} mounts volumes {[v.get('source', v) for v in volumes]}: replicas would share them"
+        )
+
+
+def test_scale_up_and_down_converges_evenly(
+    swarm: Cluster, swarm_stack: DeployedStack, swarm_settings: Settings, replicated_service: str
+) -> None:
+    stateless_or_skip(swarm_stack, replicated_service)
+    service = swarm_stack.service(replicated_service)
+    with scaled_back(swarm_stack, service, swarm_settings.timeout) as original:
+        scale(swarm_stack, service, original + 2, swarm_settings.timeout)
+        counts = spread(swarm, service)
+        assert max(counts.values()) - min(counts.values()) <= 1, (
+            f"{replicated_service} scaled to {original + 2}: tasks per eligible node {counts}"
+        )
+        scale(swarm_stack, service, original, swarm_settings.timeout)
+        counts = spread(swarm, service)
+        assert max(counts.values()) - min(counts.values()) <= 1, (
+            f"{replicated_service} scaled back to {original}: tasks per eligible node {counts}"
+        )
+
+
+def test_a_new_worker_gets_global_tasks_and_the_next_replicas(
+    swarm: Cluster, swarm_stack: DeployedStack, swarm_provider: Provider, swarm_settings: Settings
+) -> None:
+    services = swarm_stack.services()
+    replicated = [s for s in services if s.mode == "replicated"]
+    before = {s.name: {t.id for t in s.running_tasks()} for s in replicated}
+    worker = swarm_provider.add_node()
+    try:
+        for service in (s for s in services if s.mode == "global"):
+            wait_for(
+                lambda service=service: Poll(per_node(swarm, service.reload()).get(worker, 0) == 1,
+                                             f"{dict(per_node(swarm, service))}"),
+                what=f"{service.name} running on {worker}", timeout=swarm_settings.timeout, interval=0.5,
+            )  # fmt: skip
+        moved = {
+            s.name: sorted(before[s.name] ^ {t.id for t in s.reload().running_tasks()}) for s in replicated
+        }
+        assert not any(moved.values()), f"replicated tasks changed when {worker} joined: {moved}"
+
+        node = swarm.node(worker).facts()
+        growing = [
+            s for s in replicated
+            if not swarm_stack.declared(s.name.removeprefix(f"{swarm_stack.name}_")).get("volumes")
+            and eligible([node], s.constraints)
+        ]  # fmt: skip
+        assert growing, f"no stateless replicated service may run on {worker}"
+        for service in growing:
+            with scaled_back(swarm_stack, service, swarm_settings.timeout) as original:
+                scale(swarm_stack, service, original + 1, swarm_settings.timeout)
+                where = per_node(swarm, service)
+                assert where.get(worker) == 1, (
+                    f"{service.name} scaled to {original + 1}: the new task should go to the empty {worker}; "
+                    f"tasks per node {dict(where)}"
+                )
+    finally:
+        swarm_provider.remove_node(worker)
+    for service in services:
+        wait_for(
+            lambda service=service: Poll(service.reload().running == service.desired > 0,
+                                         f"{service.running}/{service.desired}"),
+            what=f"{service.name} whole after {worker} left", timeout=swarm_settings.timeout, interval=0.5,
+        )  # fmt: skip
+    for service in replicated:
+        counts = spread(swarm, service.reload())
+        assert max(counts.values()) - min(counts.values()) <= 1, (
+            f"{service.name} after {worker} left: tasks per eligible node {counts}"
+        )
