@@ -67,6 +67,9 @@ OPTIONS: tuple[Option, ...] = (
         "",
         "linelist",
     ),
+    Option(
+        "side_by_side", "envs deployed beside --swarm-env, comma separated (default: every other env)", ""
+    ),
 )
 OPTIONS_BY_NAME = {o.name: o for o in OPTIONS}
 
@@ -90,6 +93,7 @@ class Settings:
     engine_labels: Labels = field(default_factory=dict)
     build: Mapping[str, Path] = field(default_factory=dict)
     offline_images: Mapping[str, Path] = field(default_factory=dict)
+    side_by_side: tuple[str, ...] = ()
     sources: Mapping[str, str] = field(default_factory=dict)  # option -> cli|env|ini|default
 
     @property
@@ -200,8 +204,19 @@ def resolve(
         engine_labels=parse_node_labels("engine_labels", items("engine_labels")),
         build=_service_paths("build", items("build"), path),
         offline_images=_service_paths("offline_images", items("offline_images"), path),
+        side_by_side=_side_by_side(items("side_by_side"), env, envs_dir),
         sources=sources,
     )
+
+
+def _side_by_side(named: Sequence[str], env: str | None, envs_dir: Path) -> tuple[str, ...]:
+    found = available_envs(envs_dir)
+    unknown = [e for e in named if e not in found]
+    if unknown:
+        raise SettingsError(
+            f"--swarm-side-by-side: no env file for {', '.join(unknown)}; found: {', '.join(found)}"
+        )
+    return tuple(e for e in (named or found) if e != env)
 
 
 def _choice(name: str, value: str, choices: Sequence[str]) -> str:

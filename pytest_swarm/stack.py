@@ -172,6 +172,31 @@ def port_clashes(models: Mapping[str, Mapping[str, Any]]) -> list[str]:
     return clashes
 
 
+def ports_in_use(cluster: Cluster, except_stack: str) -> dict[str, dict[str, Any]]:
+    """A rendered-model-like view of the published ports of every other stack on the cluster."""
+    models: dict[str, dict[str, Any]] = {}
+    for service in cluster.services():
+        if service.stack == except_stack:
+            continue
+        ports = (service.attrs.get("Endpoint") or {}).get("Spec", {}).get("Ports") or []
+        published = [{"published": p["PublishedPort"]} for p in ports if p.get("PublishedPort")]
+        if published:
+            stack = service.stack or "(no stack)"
+            short = service.name.removeprefix(f"{stack}_")
+            models.setdefault(stack, {"services": {}})["services"][short] = {"ports": published}
+    return models
+
+
+def check_ports_free(cluster: Cluster, name: str, model: dict[str, Any], env_file: Path) -> None:
+    """Name a published port another stack already uses, before anything is deployed."""
+    clashes = port_clashes({**ports_in_use(cluster, name), name: model})
+    if clashes:
+        raise StackError(
+            f"stack {name} publishes ports already in use on this cluster: {'; '.join(clashes)}; "
+            f"give it other ports in {env_file}"
+        )
+
+
 def service_images(model: Mapping[str, Any]) -> dict[str, str]:
     return {
         name: str(spec["image"]) for name, spec in (model.get("services") or {}).items() if spec.get("image")
@@ -323,6 +348,7 @@ def deploy(
     remove it even when convergence then fails.
     """
     model = render(source)
+    check_ports_free(cluster, source.name(), model, source.env_file)
     plan = images.prepare_images(local, service_images(model), build, offline, progress)
     load_images(plan.refs)
     stack = DeployedStack(

@@ -86,3 +86,11 @@ def test_reuse_flag_values(root: Path) -> None:
     assert resolve({}, {"SWARM_REUSE": "0"}, {}, root).reuse is False
     with pytest.raises(SettingsError, match="use true or false"):
         resolve({}, {"SWARM_REUSE": "maybe"}, {}, root)
+
+
+def test_side_by_side_defaults_to_every_other_env(root: Path) -> None:
+    assert resolve({"env": "dev"}, {}, {}, root).side_by_side == ("stage",)
+    (root / "envs" / "prod.env").write_text("ENV=PROD\n")
+    assert resolve({"env": "dev", "side_by_side": "prod"}, {}, {}, root).side_by_side == ("prod",)
+    with pytest.raises(SettingsError, match="no env file for qa; found: dev, prod, stage"):
+        resolve({"env": "dev", "side_by_side": "qa"}, {}, {}, root)

@@ -1,0 +1,138 @@
+"""Several environments side by side in one cluster (DEV, STAGE, PROD from envs/*.env).
+
+The envs of ``--swarm-side-by-side`` (default: every other env file) are deployed beside
+``--swarm-env`` for this module and removed after it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from pytest_swarm import mesh
+from pytest_swarm.cluster import STACK_LABEL, Cluster
+from pytest_swarm.errors import StackError
+from pytest_swarm.lifecycle import lifecycle_of
+from pytest_swarm.stack import DeployedStack
+
+
+@pytest.fixture(scope="module")
+def environments(request: pytest.FixtureRequest, swarm_stack: DeployedStack) -> Iterator[list[DeployedStack]]:
+    """The main stack and the side-by-side ones, all converged."""
+    lifecycle = lifecycle_of(request.config)
+    if not lifecycle.settings.side_by_side:
+        pytest.skip("no other env to deploy side by side (--swarm-side-by-side, envs/*.env)")
+    made: list[DeployedStack] = []
+    try:
+        for env in lifecycle.settings.side_by_side:
+            made.append(lifecycle.deploy(lifecycle.source(env)))
+        yield [swarm_stack, *made]
+    finally:
+        for stack in made:
+            stack.remove()
+
+
+def networks_of(stack: DeployedStack) -> set[str]:
+    names = {n["Id"]: n["Name"] for n in stack.cluster.client.api.networks()}
+    found = set()
+    for service in stack.services():
+        for attachment in service.attrs["Spec"]["TaskTemplate"].get("Networks") or []:
+            found.add(names.get(attachment["Target"], attachment["Target"]))
+    return found
+
+
+def volumes_of(stack: DeployedStack) -> set[str]:
+    return {
+        mount["Source"]
+        for service in stack.services()
+        for mount in service.attrs["Spec"]["TaskTemplate"]["ContainerSpec"].get("Mounts") or []
+        if mount.get("Type") == "volume"
+    }
+
+
+def test_every_env_is_a_converged_stack_of_its_own(environments: list[DeployedStack]) -> None:
+    names = [s.name for s in environments]
+    assert len(set(names)) == len(names), f"stack names clash: {names}"
+    for stack in environments:
+        counts = {s.name: f"{s.running}/{s.desired}" for s in stack.services()}
+        assert all(s.running == s.desired > 0 for s in stack.services()), f"{stack.name}: {counts}"
+
+
+def test_networks_and_volumes_are_separate(environments: list[DeployedStack]) -> None:
+    for i, one in enumerate(environments):
+        for other in environments[i + 1 :]:
+            shared = (networks_of(one) & networks_of(other)) - {"ingress"}
+            assert not shared, f"{one.name} and {other.name} share networks {shared}"
+            assert not volumes_of(one) & volumes_of(other), f"{one.name} and {other.name} share volumes"
+
+
+def test_published_ports_are_distinct(environments: list[DeployedStack]) -> None:
+    owners: dict[int, str] = {}
+    for stack in environments:
+        for service in stack.declared_services:
+            port = stack.published_port(service)
+            if port is not None:
+                assert port not in owners, f"port {port}: {owners[port]} and {stack.name} {service}"
+                owners[port] = f"{stack.name} {service}"
+
+
+@pytest.mark.needs_routing_mesh
+def test_each_env_answers_on_its_own_port_with_its_env(
+    swarm: Cluster, environments: list[DeployedStack]
+) -> None:
+    for stack in environments:
+        port = stack.published_port("ui")
+        if port is None:
+            continue
+        for node, address in swarm.addresses.items():
+            answers = mesh.probe(address, port, count=3)
+            envs = {a.env for a in answers if a.status == 200}
+            assert envs == {stack.values["ENV"]}, (
+                f"{node}:{port} answered {answers}, expected {stack.name}'s page"
+            )
+
+
+def shifted_env(source: Path, tmp_path: Path, name: str, shift: int) -> Path:
+    """A copy of ``source`` named ``name``, its *_PORT values moved by ``shift``."""
+    lines = []
+    for line in source.read_text().splitlines():
+        key, eq, value = line.partition("=")
+        if eq and key.endswith("_PORT") and value.isdigit():
+            value = str(int(value) + shift)
+        elif eq and key == "ENV":
+            value = name
+        lines.append(f"{key}{eq}{value}" if eq else line)
+    target = tmp_path / f"{name.lower()}.env"
+    target.write_text("\n".join(lines) + "\n")
+    return target
+
+
+def test_removing_one_env_leaves_the_others_untouched(
+    environments: list[DeployedStack], deploy_stack: Callable[..., DeployedStack], tmp_path: Path
+) -> None:
+    extra = deploy_stack(env_file=shifted_env(environments[0].source.env_file, tmp_path, "EXTRA", 100))
+    before = {s.name: sorted(t.id for t in s.running_tasks()) for e in environments for s in e.services()}
+    networks = {e.name: networks_of(e) for e in environments}
+    extra.remove()
+    client = extra.cluster.client
+    assert not client.api.services(filters={"label": f"{STACK_LABEL}=EXTRA"}), "EXTRA's services remain"
+    after = {s.name: sorted(t.id for t in s.running_tasks()) for e in environments for s in e.services()}
+    assert after == before, "tasks of the other environments changed when EXTRA was removed"
+    assert {e.name: networks_of(e) for e in environments} == networks
+
+
+def test_a_port_clash_is_named_before_deploying(
+    request: pytest.FixtureRequest, environments: list[DeployedStack], tmp_path: Path
+) -> None:
+    lifecycle = lifecycle_of(request.config)
+    main = environments[0]
+    clashing = shifted_env(main.source.env_file, tmp_path, "CLASH", 0)
+    source = lifecycle.source("clash")
+    source = type(source)(env="clash", env_file=clashing, compose_files=source.compose_files)
+    with pytest.raises(StackError) as info:
+        lifecycle.deploy(source)
+    port = main.published_port("ui")
+    assert f"port {port}: {main.name} " in str(info.value) and "CLASH ui" in str(info.value)
+    assert not main.cluster.client.api.services(filters={"label": f"{STACK_LABEL}=CLASH"})
