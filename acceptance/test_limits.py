@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import pytest
 
 from pytest_swarm import declared
-from pytest_swarm.cluster import Cluster, Task
+from pytest_swarm.cluster import Task
 from pytest_swarm.stack import DeployedStack
 from pytest_swarm.waiting import Poll, wait_for
 
@@ -20,20 +21,14 @@ def one_running_task(swarm_stack: DeployedStack, service: str) -> Task:
     return tasks[0]
 
 
-def in_task(hosts: dict[str, Any], swarm: Cluster, task: Task, command: str) -> Any:
-    """Run ``command`` inside the task's container, through the engine of the node it runs on."""
-    node = swarm.node_names_by_id()[task.node_id]
-    return hosts[node].run(f"docker exec {task.container_id} sh -c {command!r}")
-
-
-def cgroup_limits(hosts: dict[str, Any], swarm: Cluster, task: Task) -> tuple[int | None, float | None]:
+def cgroup_limits(task_exec: Callable[[Task, str], Any], task: Task) -> tuple[int | None, float | None]:
     """(memory bytes, cpus) the kernel enforces on the task's container; cgroup v1 or v2."""
     script = (
         "if [ -f /sys/fs/cgroup/memory.max ]; then cat /sys/fs/cgroup/memory.max /sys/fs/cgroup/cpu.max; "
         "else cat /sys/fs/cgroup/memory/memory.limit_in_bytes /sys/fs/cgroup/cpu/cpu.cfs_quota_us "
         "/sys/fs/cgroup/cpu/cpu.cfs_period_us; fi"
     )
-    result = in_task(hosts, swarm, task, script)
+    result = task_exec(task, script)
     assert result.rc == 0, f"reading the cgroup of {task.container_id[:12]} failed: {result.stderr}"
     words = result.stdout.split()
     memory = None if words[0] == "max" or int(words[0]) >= 2**60 else int(words[0])
@@ -58,11 +53,11 @@ def test_declared_limits_are_applied(swarm_stack: DeployedStack, limited_service
 
 
 def test_limits_are_enforced_by_the_node(
-    swarm: Cluster, swarm_stack: DeployedStack, swarm_node_hosts: dict[str, Any], limited_service: str
+    swarm_stack: DeployedStack, swarm_task_exec: Callable[[Task, str], Any], limited_service: str
 ) -> None:
     want = declared.limits(swarm_stack.declared(limited_service))
     task = one_running_task(swarm_stack, limited_service)
-    memory, cpus = cgroup_limits(swarm_node_hosts, swarm, task)
+    memory, cpus = cgroup_limits(swarm_task_exec, task)
     assert memory == want.memory, (
         f"{limited_service}: declared memory {want.memory}, cgroup enforces {memory}"
     )
@@ -72,7 +67,7 @@ def test_limits_are_enforced_by_the_node(
 
 
 def test_allocating_past_the_memory_limit_is_oom_killed(
-    swarm: Cluster, swarm_stack: DeployedStack, swarm_node_hosts: dict[str, Any], limited_service: str
+    swarm_stack: DeployedStack, swarm_task_exec: Callable[[Task, str], Any], limited_service: str
 ) -> None:
     """A process in the task container holding more than the limit is killed by the kernel (137)."""
     want = declared.limits(swarm_stack.declared(limited_service))
@@ -81,7 +76,7 @@ def test_allocating_past_the_memory_limit_is_oom_killed(
     task = one_running_task(swarm_stack, limited_service)
     size = want.memory + 64 * 2**20
     # tail keeps its unterminated input line in memory: it grows until it holds `size` bytes.
-    result = in_task(swarm_node_hosts, swarm, task, f"head -c {size} /dev/zero | tail >/dev/null")
+    result = swarm_task_exec(task, f"head -c {size} /dev/zero | tail >/dev/null")
     assert result.rc == 137, (
         f"{limited_service}: a process holding {size} bytes past the {want.memory}-byte limit "
         f"exited {result.rc}, expected 137 (OOM-killed)"

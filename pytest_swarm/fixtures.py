@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shlex
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
@@ -10,7 +11,7 @@ import pytest
 import testinfra
 
 from .capabilities import FEATURES, skip_reason
-from .cluster import Cluster
+from .cluster import Cluster, Task
 from .errors import SwarmError
 from .evidence import DEPLOYED
 from .lifecycle import lifecycle_of
@@ -125,6 +126,18 @@ def swarm_node_hosts(request: pytest.FixtureRequest, swarm: Cluster) -> dict[str
     provider = lifecycle_of(request.config).provider
     assert provider is not None
     return {name: testinfra.get_host(provider.host_spec(name)) for name in swarm.addresses}
+
+
+@pytest.fixture(scope="session")
+def swarm_task_exec(swarm: Cluster, swarm_node_hosts: dict[str, Any]) -> Callable[[Task, str], Any]:
+    """``swarm_task_exec(task, "shell command")``: run it inside the task's container, through the
+    engine of the node the task runs on; returns testinfra's CommandResult (rc, stdout, stderr)."""
+
+    def run(task: Task, command: str) -> Any:
+        node = swarm.node_names_by_id()[task.node_id]
+        return swarm_node_hosts[node].run(f"docker exec {task.container_id} sh -c {shlex.quote(command)}")
+
+    return run
 
 
 @pytest.fixture(autouse=True)
