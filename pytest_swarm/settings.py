@@ -70,6 +70,12 @@ OPTIONS: tuple[Option, ...] = (
     Option(
         "side_by_side", "envs deployed beside --swarm-env, comma separated (default: every other env)", ""
     ),
+    Option(
+        "lesson_services",
+        "the lesson's roles as this stack names them, ROLE=SERVICE (ui post comment mongo node-exporter)",
+        "",
+        "linelist",
+    ),
 )
 OPTIONS_BY_NAME = {o.name: o for o in OPTIONS}
 
@@ -94,6 +100,7 @@ class Settings:
     build: Mapping[str, Path] = field(default_factory=dict)
     offline_images: Mapping[str, Path] = field(default_factory=dict)
     side_by_side: tuple[str, ...] = ()
+    lesson_services: Mapping[str, str] = field(default_factory=dict)  # role -> service
     sources: Mapping[str, str] = field(default_factory=dict)  # option -> cli|env|ini|default
 
     @property
@@ -205,6 +212,7 @@ def resolve(
         build=_service_paths("build", items("build"), path),
         offline_images=_service_paths("offline_images", items("offline_images"), path),
         side_by_side=_side_by_side(items("side_by_side"), env, envs_dir),
+        lesson_services=_pairs("lesson_services", items("lesson_services")),
         sources=sources,
     )
 
@@ -275,14 +283,21 @@ def parse_node_labels(name: str, entries: Sequence[str]) -> dict[str, dict[str, 
     return labels
 
 
-def _service_paths(name: str, entries: Sequence[str], path: Callable[[str], Path]) -> dict[str, Path]:
-    result: dict[str, Path] = {}
+def _pairs(name: str, entries: Sequence[str]) -> dict[str, str]:
+    """``KEY=VALUE`` entries; a malformed one names the option and the form it takes."""
+    form = (
+        "ROLE=SERVICE, e.g. ui=frontend"
+        if name == "lesson_services"
+        else "SERVICE=BUILD_CONTEXT, e.g. ui=stacks/images/ui"
+    )
+    result: dict[str, str] = {}
     for entry in entries:
-        service, eq, context = entry.partition("=")
-        if not (eq and service and context):
-            raise SettingsError(
-                f"{OPTIONS_BY_NAME[name].ini}: {entry!r} is not valid; "
-                "write SERVICE=BUILD_CONTEXT, e.g. ui=stacks/images/ui"
-            )
-        result[service] = path(context)
+        key, eq, value = entry.partition("=")
+        if not (eq and key and value):
+            raise SettingsError(f"{OPTIONS_BY_NAME[name].ini}: {entry!r} is not valid; write {form}")
+        result[key] = value
     return result
+
+
+def _service_paths(name: str, entries: Sequence[str], path: Callable[[str], Path]) -> dict[str, Path]:
+    return {service: path(context) for service, context in _pairs(name, entries).items()}
