@@ -84,7 +84,11 @@ def test_allocating_past_the_memory_limit_is_oom_killed(
     # The kernel may also have picked the app; the service must be whole again for the next test.
     service = swarm_stack.service(limited_service)
     wait_for(
-        lambda: Poll(service.reload() is not None and len(service.running_tasks()) == service.replicas,
-                     f"{len(service.running_tasks())}/{service.replicas} running"),
-        what=f"{limited_service} whole again", timeout=60, interval=0.5,
-    )  # fmt: skip
+        lambda: Poll(
+            service.reload() is not None and len(service.running_tasks()) == service.replicas,
+            f"{len(service.running_tasks())}/{service.replicas} running",
+        ),
+        what=f"{limited_service} whole again",
+        timeout=60,
+        interval=0.5,
+    )

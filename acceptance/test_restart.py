@@ -80,9 +80,11 @@ def policy_of(swarm_stack: DeployedStack, service: str) -> declared.RestartPolic
 
 
 def test_failures_are_restarted_up_to_max_attempts_with_the_delay(
-    swarm_stack: DeployedStack, deploy_stack: Callable[..., DeployedStack], tmp_path: Path,
+    swarm_stack: DeployedStack,
+    deploy_stack: Callable[..., DeployedStack],
+    tmp_path: Path,
     restarting_service: str,
-) -> None:  # fmt: skip
+) -> None:
     policy = policy_of(swarm_stack, restarting_service)
     if policy.condition == "none":
         pytest.skip(f"{restarting_service} declares condition none: swarm never restarts it")
@@ -115,9 +117,11 @@ def test_failures_are_restarted_up_to_max_attempts_with_the_delay(
 
 
 def test_a_clean_exit_is_not_restarted_on_failure(
-    swarm_stack: DeployedStack, deploy_stack: Callable[..., DeployedStack], tmp_path: Path,
+    swarm_stack: DeployedStack,
+    deploy_stack: Callable[..., DeployedStack],
+    tmp_path: Path,
     restarting_service: str,
-) -> None:  # fmt: skip
+) -> None:
     policy = policy_of(swarm_stack, restarting_service)
     if policy.condition != "on-failure":
         pytest.skip(f"{restarting_service} declares condition {policy.condition}, not on-failure")

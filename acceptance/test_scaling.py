@@ -33,13 +33,20 @@ def spread(swarm: Cluster, service: Service) -> dict[str, int]:
 
 
 def scale(stack: DeployedStack, service: Service, replicas: int, timeout: float) -> None:
-    run_docker(["service", "scale", "--detach", f"{service.name}={replicas}"],
-               host=stack.cluster.manager_url, timeout=60)  # fmt: skip
+    run_docker(
+        ["service", "scale", "--detach", f"{service.name}={replicas}"],
+        host=stack.cluster.manager_url,
+        timeout=60,
+    )
     wait_for(
-        lambda: Poll(len(service.reload().running_tasks()) == replicas == service.replicas,
-                     f"{len(service.running_tasks())}/{replicas} running"),
-        what=f"{service.name} scaled to {replicas}", timeout=timeout, interval=0.5,
-    )  # fmt: skip
+        lambda: Poll(
+            len(service.reload().running_tasks()) == replicas == service.replicas,
+            f"{len(service.running_tasks())}/{replicas} running",
+        ),
+        what=f"{service.name} scaled to {replicas}",
+        timeout=timeout,
+        interval=0.5,
+    )
 
 
 @contextmanager
@@ -89,10 +96,13 @@ def test_a_new_worker_gets_global_tasks_and_the_next_replicas(
     try:
         for service in (s for s in services if s.mode == "global"):
             wait_for(
-                lambda service=service: Poll(per_node(swarm, service.reload()).get(worker, 0) == 1,
-                                             f"{dict(per_node(swarm, service))}"),
-                what=f"{service.name} running on {worker}", timeout=swarm_settings.timeout, interval=0.5,
-            )  # fmt: skip
+                lambda service=service: Poll(
+                    per_node(swarm, service.reload()).get(worker, 0) == 1, f"{dict(per_node(swarm, service))}"
+                ),
+                what=f"{service.name} running on {worker}",
+                timeout=swarm_settings.timeout,
+                interval=0.5,
+            )
         moved = {
             s.name: sorted(before[s.name] ^ {t.id for t in s.reload().running_tasks()}) for s in replicated
         }
@@ -100,10 +110,11 @@ def test_a_new_worker_gets_global_tasks_and_the_next_replicas(
 
         node = swarm.node(worker).facts()
         growing = [
-            s for s in replicated
+            s
+            for s in replicated
             if not swarm_stack.declared(s.name.removeprefix(f"{swarm_stack.name}_")).get("volumes")
             and eligible([node], s.constraints)
-        ]  # fmt: skip
+        ]
         assert growing, f"no stateless replicated service may run on {worker}"
         for service in growing:
             with scaled_back(swarm_stack, service, swarm_settings.timeout) as original:
@@ -117,10 +128,13 @@ def test_a_new_worker_gets_global_tasks_and_the_next_replicas(
         swarm_provider.remove_node(worker)
     for service in services:
         wait_for(
-            lambda service=service: Poll(service.reload().running == service.desired > 0,
-                                         f"{service.running}/{service.desired}"),
-            what=f"{service.name} whole after {worker} left", timeout=swarm_settings.timeout, interval=0.5,
-        )  # fmt: skip
+            lambda service=service: Poll(
+                service.reload().running == service.desired > 0, f"{service.running}/{service.desired}"
+            ),
+            what=f"{service.name} whole after {worker} left",
+            timeout=swarm_settings.timeout,
+            interval=0.5,
+        )
     for service in replicated:
         counts = spread(swarm, service.reload())
         assert max(counts.values()) - min(counts.values()) <= 1, (

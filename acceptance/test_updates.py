@@ -44,8 +44,11 @@ def update_deadline(spec: dict[str, Any], config: declared.UpdateConfig) -> floa
 
 
 def update_image(stack: DeployedStack, service: Service, image: str) -> None:
-    run_docker(["service", "update", "--detach", "--image", image, service.name],
-               host=stack.cluster.manager_url, timeout=60)  # fmt: skip
+    run_docker(
+        ["service", "update", "--detach", "--image", image, service.name],
+        host=stack.cluster.manager_url,
+        timeout=60,
+    )
 
 
 def wait_update(service: Service, deadline: float, done: tuple[str, ...] = DONE) -> str:
@@ -75,8 +78,10 @@ def restore(stack: DeployedStack, service: Service, image: str, timeout: float) 
             and len(service.running_tasks()) == service.replicas,
             f"{service.update_state}, images {sorted({t.image for t in service.running_tasks()})}",
         ),
-        what=f"{service.name} restored to {image}", timeout=timeout, interval=0.5,
-    )  # fmt: skip
+        what=f"{service.name} restored to {image}",
+        timeout=timeout,
+        interval=0.5,
+    )
 
 
 class TaskLog:

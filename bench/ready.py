@@ -61,9 +61,12 @@ def floor_once(client: docker.DockerClient, image: str) -> float:
             )
             host_config.update(MaskedPaths=[], ReadonlyPaths=[])
             created = client.api.create_container(
-                image, [f"--cgroup-parent=/{tag}-{name}"], name=f"{tag}-{name}", hostname=name,
+                image,
+                [f"--cgroup-parent=/{tag}-{name}"],
+                name=f"{tag}-{name}",
+                hostname=name,
                 host_config=host_config,
-            )  # fmt: skip
+            )
             made.append(created["Id"])
             client.api.start(created["Id"])
             node = docker.DockerClient(base_url=f"unix://{work / name / 'docker.sock'}", version="1.41")
@@ -111,9 +114,14 @@ def floor_once(client: docker.DockerClient, image: str) -> float:
 
 def provider(client: docker.DockerClient, session: Session | None = None) -> DindProvider:
     return DindProvider(
-        session or Session.new(), workers=2, node_labels={"master-1": {"reliability": "high"}},
-        engine_labels={}, timeout=60, progress=lambda _m: None, client=client,
-    )  # fmt: skip
+        session or Session.new(),
+        workers=2,
+        node_labels={"master-1": {"reliability": "high"}},
+        engine_labels={},
+        timeout=60,
+        progress=lambda _m: None,
+        client=client,
+    )
 
 
 def plugin_once(client: docker.DockerClient) -> float:
@@ -187,8 +195,10 @@ def main() -> None:
     print(summary("pytest-swarm dind up(), 3 nodes Ready", plugins))
     print(f"plugin / floor, pair by pair: median {ratio:.2f}x (target <= 1.5x)")
     print(summary("--swarm-reuse attach to a kept cluster", reuses) + " (target <= 2 s)")
-    print(f"host memory of a running 3-node cluster: {rss:.0f} MiB RSS, {usage:.0f} MiB with page cache "
-          "(target <= 1024 MiB)")  # fmt: skip
+    print(
+        f"host memory of a running 3-node cluster: {rss:.0f} MiB RSS, {usage:.0f} MiB with page cache "
+        "(target <= 1024 MiB)"
+    )
 
 
 if __name__ == "__main__":

@@ -51,8 +51,14 @@ class App:
     def run(
         self, name: str, image: str, aliases: list[str], env: dict[str, str] | None = None, **kw: Any
     ) -> Any:
-        container = self.engine.containers.create(image, name=f"{self.network.name}-{name}", labels=LABELS,
-                                                  environment=env or {}, network=None, **kw)  # fmt: skip
+        container = self.engine.containers.create(
+            image,
+            name=f"{self.network.name}-{name}",
+            labels=LABELS,
+            environment=env or {},
+            network=None,
+            **kw,
+        )
         self.network.connect(container, aliases=aliases)
         container.start()
         self.containers[name] = container
@@ -87,8 +93,12 @@ class App:
 def app(engine: docker.DockerClient, built: dict[str, str]) -> Iterator[App]:
     app = App(engine, built)
     try:
-        app.run("mongo", built["mongo"], ["post_db", "comment_db"],
-                volumes={app.volume.name: {"bind": "/data/db", "mode": "rw"}})  # fmt: skip
+        app.run(
+            "mongo",
+            built["mongo"],
+            ["post_db", "comment_db"],
+            volumes={app.volume.name: {"bind": "/data/db", "mode": "rw"}},
+        )
         app.run("post", built["post"], ["post"])
         app.run("comment", built["comment"], ["comment"])
         app.run("ui", built["ui"], ["ui"], env={"ENV": "TEST"})
@@ -100,8 +110,12 @@ def app(engine: docker.DockerClient, built: dict[str, str]) -> Iterator[App]:
 
 
 def add_post(app: App, title: str) -> str:
-    response = requests.post(app.url("ui", 9292, "/new"), data={"title": title, "link": "http://example.test/"},
-                             timeout=10, allow_redirects=False)  # fmt: skip
+    response = requests.post(
+        app.url("ui", 9292, "/new"),
+        data={"title": title, "link": "http://example.test/"},
+        timeout=10,
+        allow_redirects=False,
+    )
     assert response.status_code == 303, response.text
     match = re.fullmatch(r".*/post/([0-9a-f]{24})", response.headers["Location"])
     assert match, response.headers["Location"]
@@ -125,9 +139,12 @@ def test_post_vote_comment_read_back(app: App) -> None:
     assert (stored["title"], stored["votes"]) == ("Swarm in a box", 1)
     assert any(p["id"] == post_id for p in requests.get(app.url("post", 5000, "/posts"), timeout=10).json())
 
-    comment = requests.post(app.url("ui", 9292, f"/post/{post_id}/comment"),
-                            data={"name": "ops", "email": "ops@example.test", "body": "rolled out fine"},
-                            timeout=10, allow_redirects=False)  # fmt: skip
+    comment = requests.post(
+        app.url("ui", 9292, f"/post/{post_id}/comment"),
+        data={"name": "ops", "email": "ops@example.test", "body": "rolled out fine"},
+        timeout=10,
+        allow_redirects=False,
+    )
     assert comment.status_code == 303
     listed = requests.get(app.url("comment", 9292, f"/{post_id}/comments"), timeout=10).json()
     assert [(c["name"], c["body"]) for c in listed] == [("ops", "rolled out fine")]
@@ -144,9 +161,14 @@ def test_healthchecks_report_dependencies(app: App) -> None:
     assert comment == {"status": 1, "dependent_services": {"commentdb": 1}, "version": "1.0"}
 
 
-@pytest.mark.parametrize(("name", "port", "metric"),
-                         [("ui", 9292, "ui_requests_total"), ("post", 5000, "post_requests_total"),
-                          ("comment", 9292, "comment_requests_total")])  # fmt: skip
+@pytest.mark.parametrize(
+    ("name", "port", "metric"),
+    [
+        ("ui", 9292, "ui_requests_total"),
+        ("post", 5000, "post_requests_total"),
+        ("comment", 9292, "comment_requests_total"),
+    ],
+)
 def test_metrics(app: App, name: str, port: int, metric: str) -> None:
     response = requests.get(app.url(name, port, "/metrics"), timeout=10)
     assert response.status_code == 200 and metric in response.text
@@ -161,8 +183,13 @@ def test_posts_survive_a_restart_of_mongo(app: App) -> None:
         response = requests.get(app.url("post", 5000, f"/post/{post_id}"), timeout=5)
         return Poll(response.status_code == 200, f"post answers {response.status_code}", response.status_code)
 
-    wait_for(probe, what="the post read back after mongo restarted", timeout=30, interval=0.5,
-             transient=(requests.RequestException,))  # fmt: skip
+    wait_for(
+        probe,
+        what="the post read back after mongo restarted",
+        timeout=30,
+        interval=0.5,
+        transient=(requests.RequestException,),
+    )
 
 
 def test_a_stopped_comment_service_is_reported_not_a_500(app: App) -> None:
@@ -206,7 +233,17 @@ def test_monitoring_images_answer(app: App) -> None:
 
         return probe
 
-    wait_for(answers("node-exporter", 9100, "/metrics", "node_load1"), what="node-exporter metrics",
-             timeout=30, interval=0.5, transient=(requests.RequestException,))  # fmt: skip
-    wait_for(answers("prometheus", 9090, "/-/ready", "Ready"), what="prometheus ready",
-             timeout=60, interval=0.5, transient=(requests.RequestException,))  # fmt: skip
+    wait_for(
+        answers("node-exporter", 9100, "/metrics", "node_load1"),
+        what="node-exporter metrics",
+        timeout=30,
+        interval=0.5,
+        transient=(requests.RequestException,),
+    )
+    wait_for(
+        answers("prometheus", 9090, "/-/ready", "Ready"),
+        what="prometheus ready",
+        timeout=60,
+        interval=0.5,
+        transient=(requests.RequestException,),
+    )

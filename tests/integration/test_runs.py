@@ -160,14 +160,16 @@ def test_expects_too_many(swarm_stack):
     junit = project.path / "report.xml"
     result = project.runpytest_subprocess("--swarm-env=small", "test_broken.py", f"--junitxml={junit}")
     result.assert_outcomes(failed=1)
-    result.stdout.fnmatch_lines([
-        "*swarm evidence: stack SMALL*",
-        "--- docker node ls",
-        "master-1: manager (Leader), ready/active*",
-        "--- docker stack ps --no-trunc SMALL",
-        "*SMALL_sleeper.1 *debian:bookworm-slim*Running*",
-        "--- failing tasks",
-    ])  # fmt: skip
+    result.stdout.fnmatch_lines(
+        [
+            "*swarm evidence: stack SMALL*",
+            "--- docker node ls",
+            "master-1: manager (Leader), ready/active*",
+            "--- docker stack ps --no-trunc SMALL",
+            "*SMALL_sleeper.1 *debian:bookworm-slim*Running*",
+            "--- failing tasks",
+        ]
+    )
     xml = junit.read_text()
     assert 'property name="swarm_evidence_SMALL"' in xml
     assert "SMALL_sleeper.1" in xml
