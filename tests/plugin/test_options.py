@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 
 pytestmark = pytest.mark.usefixtures("clean_swarm_env")
@@ -9,8 +11,6 @@ pytestmark = pytest.mark.usefixtures("clean_swarm_env")
 
 @pytest.fixture
 def clean_swarm_env(monkeypatch: pytest.MonkeyPatch) -> None:
-    import os
-
     for name in list(os.environ):
         if name.startswith("SWARM_"):
             monkeypatch.delenv(name)
@@ -123,3 +123,18 @@ def test_engine_unreachable_is_one_clear_error(
         ]
     )
     assert "Traceback" not in result.stdout.str()
+
+
+def test_a_docker_cli_without_stack_config_is_named(
+    project: pytest.Pytester, monkeypatch: pytest.MonkeyPatch, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    """Debian's 20.10 client has no `docker stack config`: the run stops and says what to install."""
+    bin_dir = tmp_path_factory.mktemp("old-docker")
+    fake = bin_dir / "docker"
+    fake.write_text("#!/bin/sh\necho \"docker: 'stack config' is not a docker command.\" >&2\nexit 1\n")
+    fake.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}:{os.environ['PATH']}")
+    project.makepyfile("def test_nothing(): pass")
+    result = project.runpytest("--swarm-env=dev")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(["*this docker CLI has no `docker stack config` (it needs a client >= 23*"])
