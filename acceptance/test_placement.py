@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 from pytest_swarm.cluster import Cluster
 from pytest_swarm.placement import satisfies
 from pytest_swarm.stack import DeployedStack
@@ -24,7 +26,10 @@ def test_every_running_task_meets_its_constraints(
     nodes = {n.id: n for n in swarm.nodes()}
     spec = swarm_stack.service(service)
     tasks = spec.running_tasks()
-    assert tasks, f"{service}: no running task"
+    if not tasks:
+        unmet = {n.name: satisfies(n.facts(), spec.constraints) for n in nodes.values()}
+        assert not all(unmet.values()), f"{service}: no node meets its constraints: {unmet}"
+        pytest.fail(f"{service}: no running task; last task error: {spec.last_error() or 'none'}")
     broken = []
     for task in tasks:
         node = nodes[task.node_id]

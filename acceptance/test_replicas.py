@@ -26,8 +26,8 @@ def test_declared_replicas_are_running(swarm_stack: DeployedStack, replicated_se
     service = swarm_stack.service(replicated_service)
     declared = declared_replicas
     assert (service.replicas, service.running) == (declared, declared), (
-        f"{replicated_service}: declared replicas {declared}, "
-        f"applied {service.replicas}, running {service.running}"
+        f"{replicated_service}: declared replicas {declared}, applied {service.replicas}, "
+        f"running {service.running}; last task error: {service.last_error() or 'none'}"
     )
 
 
@@ -37,6 +37,7 @@ def test_replicated_tasks_spread_evenly(
     service = swarm_stack.service(replicated_service)
     nodes = eligible_nodes(swarm, service)
     counts = running_per_node(swarm, service)
+    assert nodes, f"{replicated_service}: no Ready node meets its constraints {service.constraints}"
     per_node = {n: counts.get(n, 0) for n in nodes}
     outside = sorted(set(counts) - set(nodes))
     assert not outside, f"{replicated_service}: tasks on ineligible nodes {outside}"

@@ -14,7 +14,7 @@ import docker
 import pytest
 
 from .cluster import Cluster
-from .errors import ProvisioningError, StackError, SwarmError
+from .errors import ConvergenceTimeout, ProvisioningError, StackError, SwarmError
 from .ownership import Session, forget_kept, read_kept, write_kept
 from .providers.base import Provider
 from .providers.dind import DindProvider, local_engine, remove_session
@@ -111,10 +111,22 @@ class SwarmLifecycle:
             self.progress(f"  {node.describe()}, {flags}")
 
     def stack(self, source: StackSource) -> DeployedStack:
-        """The stack of ``source``, deployed (once per run) and converged."""
+        """The stack of ``source``, deployed once per run and given the timeout to converge.
+
+        A stack that does not converge is still handed to the suites (its ``unconverged`` says
+        why): the tests of the services that did not come up fail by name, the others run.
+        """
         key = (source.env, source.compose_files)
         if key not in self.stacks:
-            self.stacks[key] = self.deploy(source)
+            stack = self.deploy(source, wait=False)
+            try:
+                stack.converge(self.settings.timeout)
+                self.progress(f"stack {stack.name} converged in {stack.seconds_to_converge:.1f} s")
+            except ConvergenceTimeout as exc:
+                stack.unconverged = str(exc)
+                self.progress(f"stack {stack.name} did NOT converge: {exc}")
+                self.summary.append(f"{stack.name} did not converge within {self.settings.timeout:g} s")
+            self.stacks[key] = stack
         return self.stacks[key]
 
     def deploy(

@@ -213,6 +213,7 @@ class DeployedStack:
         values: the env file's variables.
         model: the rendered compose model (what the files declare).
         standins: services whose image is an offline stand-in.
+        unconverged: why the stack did not converge in time ("" when it did).
     """
 
     name: str
@@ -222,6 +223,7 @@ class DeployedStack:
     cluster: Cluster
     standins: list[str] = field(default_factory=list)
     seconds_to_converge: float = 0.0
+    unconverged: str = ""  # why it did not converge within the timeout, if it did not
 
     @property
     def declared_services(self) -> list[str]:

@@ -1,0 +1,105 @@
+"""The acceptance suites against real deployments of the reddit stack with a deliberate mistake:
+exactly the tests of that mistake fail, and their messages name the service, what the stack
+declares and what the lesson requires or the cluster shows.
+"""
+
+from __future__ import annotations
+
+import shutil
+import xml.etree.ElementTree as ET
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).parents[2]
+Compose = dict[str, Any]
+pytestmark = pytest.mark.usefixtures("engine")
+
+INI = """[pytest]
+swarm_build =
+    ui=stacks/images/ui
+    post=stacks/images/post
+    comment=stacks/images/comment
+    prometheus=stacks/images/prometheus
+    node-exporter=stacks/images/node-exporter
+swarm_offline_images = mongo=stacks/images/mongo
+"""
+
+
+def team_repository(pytester: pytest.Pytester, mistake: Callable[[Compose], None]) -> pytest.Pytester:
+    """A copy of this repository's stack, envs and suites, with ``mistake`` made in the app's file."""
+    for folder in ("stacks", "envs", "acceptance"):
+        shutil.copytree(
+            ROOT / folder, pytester.path / folder, ignore=shutil.ignore_patterns("wheels", "__pycache__")
+        )
+    pytester.makeini(INI)
+    compose = pytester.path / "stacks" / "docker-compose.yml"
+    model = yaml.safe_load(compose.read_text())
+    mistake(model["services"])
+    compose.write_text(yaml.safe_dump(model, sort_keys=False))
+    return pytester
+
+
+def failures(pytester: pytest.Pytester, *args: str) -> dict[str, str]:
+    """Run the suites; test id -> failure message, from the JUnit report."""
+    junit = pytester.path / "junit.xml"
+    pytester.runpytest_subprocess("--swarm-env=dev", "-p", "no:randomly", f"--junitxml={junit}", *args)
+    found = {}
+    for case in ET.parse(junit).getroot().iter("testcase"):
+        for problem in [*case.findall("failure"), *case.findall("error")]:
+            found[case.get("name", "")] = problem.get("message", "")
+    return found
+
+
+SUITES = ("acceptance/test_lesson.py", "acceptance/test_replicas.py", "acceptance/test_placement.py")
+
+
+def test_mistakes_that_deploy_fail_exactly_their_requirements(pytester: pytest.Pytester) -> None:
+    def mistakes(services: Compose) -> None:
+        del services["ui"]["deploy"]["resources"]["limits"]["memory"]  # a limit left out
+        services["post"]["deploy"]["replicas"] = 2  # too few replicas
+        services["ui"]["environment"]["ENV"] = "DEV"  # ENV hard-coded
+        services["comment"]["deploy"]["update_config"]["parallelism"] = 1  # not the lesson's update_config
+        services["ui"]["image"] = "${USER_NAME}/ui:latest"  # an overwritable tag
+
+    found = failures(
+        team_repository(pytester, mistakes), *SUITES, "acceptance/test_limits.py", "-k", "not oom"
+    )
+    assert sorted(found) == [
+        "test_L15_ui_shows_the_env_of_each_env_file",
+        "test_lesson_requirement[L03-app-services-run-at-least-3-replicas]",
+        "test_lesson_requirement[L06-post-and-comment-update-by-2-10s-apart-rolling-back-on-failure]",
+        "test_lesson_requirement[L07-ui-limited-to-0-25-cpu-and-150m]",
+        "test_lesson_requirement[L11-app-images-tagged-with-versions-never-latest]",
+    ], found
+    messages = "\n".join(found.values())
+    assert "post: replicas 2, required >= 3" in messages
+    assert "comment: update parallelism 1, required 2" in messages
+    assert "ui: limits cpus 0.25 memory None, required cpus 0.25 memory 150M" in messages
+    assert "ui: image 'reddit/ui:latest' has tag latest" in messages
+    assert "stage: ui environment ENV='DEV', required 'STAGE'" in messages
+
+
+def test_a_constraint_no_node_meets_fails_that_service_by_name(pytester: pytest.Pytester) -> None:
+    def mistake(services: Compose) -> None:
+        services["mongo"]["deploy"]["placement"]["constraints"] = ["node.labels.reliability == ultra"]
+
+    found = failures(team_repository(pytester, mistake), *SUITES, "--swarm-timeout=30")
+    assert sorted(found) == [
+        "test_declared_replicas_are_running[mongo]",
+        "test_every_running_task_meets_its_constraints[mongo]",
+        "test_lesson_requirement[L01-mongo-on-the-reliability-high-node]",
+        "test_replicated_tasks_spread_evenly[mongo]",
+    ], found
+    assert (
+        "mongo: declared replicas 1, applied 1, running 0; last task error: "
+        in found["test_declared_replicas_are_running[mongo]"]
+    )
+    assert "no suitable node" in found["test_declared_replicas_are_running[mongo]"]
+    assert (
+        "node.labels.reliability == ultra (node has 'high')"
+        in found["test_every_running_task_meets_its_constraints[mongo]"]
+    )
