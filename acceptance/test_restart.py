@@ -84,6 +84,7 @@ def test_failures_are_restarted_up_to_max_attempts_with_the_delay(
     deploy_stack: Callable[..., DeployedStack],
     tmp_path: Path,
     restarting_service: str,
+    swarm_declared_wait: Callable[[float, str], None],
 ) -> None:
     policy = policy_of(swarm_stack, restarting_service)
     if policy.condition == "none":
@@ -98,6 +99,9 @@ def test_failures_are_restarted_up_to_max_attempts_with_the_delay(
     )
     attempts = Attempts(stack)
     expected = 1 + policy.max_attempts
+    swarm_declared_wait(
+        policy.max_attempts * policy.delay, f"restart delay {policy.delay:g} s x {policy.max_attempts}"
+    )
     budget = expected * (LIFETIME + policy.delay + 5) + 30
     attempts.watch(until_quiet_for=policy.delay + SETTLE, deadline=time.monotonic() + budget)
 

@@ -11,7 +11,7 @@ import itertools
 import math
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
@@ -125,11 +125,22 @@ def batches(starts: list[float], delay: float) -> list[list[float]]:
     return groups
 
 
+def declared_update_wait(spec: dict[str, Any], config: declared.UpdateConfig) -> tuple[float, str]:
+    batches = math.ceil((declared.replicas(spec) or 1) / max(config.parallelism, 1))
+    return (batches - 1) * config.delay + config.monitor, (
+        f"update delay {config.delay:g} s x {batches - 1} + monitor {config.monitor:g} s"
+    )
+
+
 def test_rolling_update_follows_update_config(
-    swarm: Cluster, swarm_stack: DeployedStack, updated_service: str
+    swarm: Cluster,
+    swarm_stack: DeployedStack,
+    updated_service: str,
+    swarm_declared_wait: Callable[[float, str], None],
 ) -> None:
     spec = swarm_stack.declared(updated_service)
     config = declared.update_config(spec)
+    swarm_declared_wait(*declared_update_wait(spec, config))
     service = swarm_stack.service(updated_service)
     original = service.image
     target = variant_or_skip(swarm, service, "next")

@@ -18,6 +18,7 @@ from .lifecycle import lifecycle_of
 from .providers.base import Provider
 from .settings import Settings, available_envs
 from .stack import DeployedStack, StackSource
+from .timing import DECLARED_WAIT
 
 T = TypeVar("T")
 
@@ -138,6 +139,18 @@ def swarm_task_exec(swarm: Cluster, swarm_node_hosts: dict[str, Any]) -> Callabl
         return swarm_node_hosts[node].run(f"docker exec {task.container_id} sh -c {shlex.quote(command)}")
 
     return run
+
+
+@pytest.fixture
+def swarm_declared_wait(request: pytest.FixtureRequest) -> Callable[[float, str], None]:
+    """``swarm_declared_wait(seconds, why)``: count ``seconds`` of this test's time as a wait the
+    stack declares (update delay x batches, restart delay x attempts, monitor). The terminal
+    summary splits each test's time into these waits and the rest."""
+
+    def add(seconds: float, why: str) -> None:
+        request.node.user_properties.append((DECLARED_WAIT, f"{seconds:.3f}|{why}"))
+
+    return add
 
 
 @pytest.fixture(autouse=True)

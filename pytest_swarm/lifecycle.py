@@ -20,6 +20,7 @@ from .providers.base import Provider
 from .providers.dind import DindProvider, local_engine, remove_session
 from .settings import Settings
 from .stack import DeployedStack, StackSource, deploy, render
+from .timing import Timing
 
 Progress = Callable[[str], None]
 LIFECYCLE = pytest.StashKey["SwarmLifecycle"]()
@@ -42,6 +43,7 @@ class SwarmLifecycle:
         self.reused = False
         self.stacks: dict[tuple[str, tuple[Path, ...]], DeployedStack] = {}
         self.summary: list[str] = []
+        self.timings: list[Timing] = []  # passed tests that declared waits, in the order they ran
         self._local: docker.DockerClient | None = None
         self._model: dict[str, Any] | None = None
 

@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from . import evidence
+from . import evidence, timing
 from .capabilities import FEATURES
 from .errors import SwarmError
 from .lifecycle import LIFECYCLE, SwarmLifecycle, lifecycle_of
@@ -116,8 +116,13 @@ def pytest_report_header(config: pytest.Config) -> list[str]:
 
 @pytest.hookimpl(wrapper=True)
 def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Any:
-    """A failed test's report carries the evidence of the stacks it used (terminal and JUnit)."""
+    """A failed test's report carries the evidence of the stacks it used (terminal and JUnit);
+    a passed one's time is split into declared waits and the rest."""
     report = yield
+    if report.passed and call.when == "call":
+        found = timing.timing_of(report.nodeid, report.duration, item.user_properties)
+        if found is not None:
+            lifecycle_of(item.config).timings.append(found)
     if report.failed and call.when == "call":
         for stack in evidence.stacks_used_by(item):
             text = evidence.collect(stack, evidence.services_tested_by(item))
@@ -134,3 +139,8 @@ def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> Non
         terminalreporter.section("swarm")
         for line in lines:
             terminalreporter.write_line(line)
+    timings = lifecycle_of(config).timings
+    if timings:
+        terminalreporter.section("swarm timing: declared waits and the rest")
+        for found in timings:
+            terminalreporter.write_line(found.describe())
