@@ -14,7 +14,8 @@ def test_split_into_declared_waits_and_the_rest() -> None:
     assert found is not None
     assert (found.declared, found.rest) == (30.0, 15.0)
     assert found.describe() == (
-        "t::x: 45.0 s = declared waits 30.0 s (update delay 10 s x 2; monitor) + rest 15.0 s (50% of the declared waits)"
+        "t::x: 45.0 s = declared waits 30.0 s (update delay 10 s x 2; monitor) "
+        "+ rest 15.0 s (50% of the declared waits)"
     )
 
 
