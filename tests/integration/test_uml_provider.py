@@ -1,0 +1,336 @@
+"""The uml provider on this machine: nodes with kernels of their own, IPVS, the routing mesh,
+node failure, and nothing left behind.
+
+Skipped, with the reason, where /dev/net/tun is missing or user-mode-linux is not installed.
+Traffic goes only to the addresses of the nodes these tests create.
+"""
+
+from __future__ import annotations
+
+import signal
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import docker
+import docker.types
+import pytest
+
+from pytest_swarm import images, mesh
+from pytest_swarm.cluster import Cluster
+from pytest_swarm.ownership import RUN_ROOT, Session, boot_id
+from pytest_swarm.providers import uml
+from pytest_swarm.providers.uml import UmlProvider
+from pytest_swarm.waiting import Poll, wait_for
+
+HTTP_IMAGE = "pytest-swarm-test/uml-http:1"
+# The page names the task container (its hostname), in the header the mesh probe reads.
+HTTP_DOCKERFILE = """\
+FROM debian:bookworm-slim
+RUN apt-get update \\
+ && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends python3 \\
+ && rm -rf /var/lib/apt/lists/*
+CMD ["sh", "-c", "mkdir -p /srv && echo \\"Microservices Reddit in UMLTEST $(hostname) container\\" \\
+  > /srv/index.html && cd /srv && exec python3 -m http.server 8000"]
+"""
+PORT = 18080
+
+
+def _skip_reason() -> str:
+    if not Path("/dev/net/tun").exists():
+        return "uml provider: /dev/net/tun is missing on this host (the nodes' network taps need it)"
+    if not uml.UML_BINARY.is_file():
+        return "uml provider: user-mode-linux is not installed (apt-get install user-mode-linux)"
+    return uml.missing_requirements()
+
+
+pytestmark = pytest.mark.skipif(bool(_skip_reason()), reason=_skip_reason() or "-")
+
+
+def make_provider(
+    engine: docker.DockerClient | None, session: Session | None = None, **overrides: Any
+) -> UmlProvider:
+    options: dict[str, Any] = {
+        "workers": 2,
+        "node_labels": {"master-1": {"reliability": "high"}},
+        "engine_labels": {"*": {"pool": "uml"}, "worker-1": {"zone": "b"}},
+        "timeout": 120,
+        "progress": lambda _message: None,
+        "client": engine,
+    }
+    options.update(overrides)
+    return UmlProvider(session or Session.new(), **options)
+
+
+def recorded(session_id: str) -> dict[str, Any]:
+    """What a session recorded (processes, taps, bridge, rule), read before it is removed."""
+    state = uml.read_state(session_id)
+    assert state is not None, f"no {uml.STATE_FILE} for session {session_id}"
+    return state
+
+
+def uml_leftovers(state: dict[str, Any]) -> list[str]:
+    """What of a recorded UML session still exists, by kind and name."""
+    found = []
+    for name, node in state["nodes"].items():
+        if node.get("pid") and uml._group_members(node["pid"], uml.UML_BINARY):
+            found.append(f"{name}: UML processes of group {node['pid']}")
+        if uml._alive(node.get("ssh_pid"), node.get("ssh_start")):
+            found.append(f"{name}: ssh connection {node['ssh_pid']}")
+        if Path(f"/sys/class/net/{node['tap']}").exists():
+            found.append(f"tap {node['tap']}")
+    if Path(f"/sys/class/net/{state['bridge']}").exists():
+        found.append(f"bridge {state['bridge']}")
+    if uml._rule_present(state["rule"]):
+        found.append(f"iptables rule {' '.join(state['rule'])}")
+    folder = RUN_ROOT / state["session"]
+    if folder.exists():
+        found.append(f"folder {folder}")
+    # Any process at all still naming the run folder (kernels, ssh): found, not killed.
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            except OSError:
+                continue
+            if str(folder) + "/" in cmdline:
+                found.append(f"process {entry.name}: {cmdline[:80]}")
+    return found
+
+
+@pytest.fixture(scope="module")
+def http_image(engine: docker.DockerClient, tmp_path_factory: pytest.TempPathFactory) -> str:
+    """A tiny HTTP server image (debian:bookworm-slim + python3) that names its container."""
+    context = tmp_path_factory.mktemp("uml-http")
+    (context / "Dockerfile").write_text(HTTP_DOCKERFILE)
+    images.build_image(engine, context, [HTTP_IMAGE], what="the uml test's HTTP image")
+    return HTTP_IMAGE
+
+
+@pytest.fixture(scope="module")
+def provider(engine: docker.DockerClient, http_image: str) -> Iterator[UmlProvider]:
+    provider = make_provider(engine, preload=[http_image])
+    provider.up()
+    try:
+        yield provider
+    finally:
+        provider.down()
+
+
+@pytest.fixture(scope="module")
+def cluster(provider: UmlProvider) -> Cluster:
+    assert provider.cluster is not None
+    return provider.cluster
+
+
+@pytest.fixture(scope="module")
+def web(cluster: Cluster, http_image: str) -> Iterator[str]:
+    """A 2-replica service on the workers, published on PORT through the ingress routing mesh."""
+    service = cluster.client.services.create(
+        http_image,
+        name="umlweb",
+        mode=docker.types.ServiceMode("replicated", replicas=2),
+        constraints=["node.role==worker"],
+        endpoint_spec=docker.types.EndpointSpec(ports={PORT: 8000}),
+    )
+    try:
+        wait_for(
+            lambda: _running_tasks(cluster, "umlweb", 2),
+            what="umlweb: 2 running tasks",
+            timeout=180,
+            interval=1,
+        )
+        yield "umlweb"
+    finally:
+        service.remove()
+
+
+def _running_tasks(cluster: Cluster, service: str, count: int) -> Poll[list[Any]]:
+    tasks = cluster.service(service).running_tasks()
+    names = cluster.node_names_by_id()
+    return Poll(len(tasks) == count, f"running on {sorted(names.get(t.node_id, '?') for t in tasks)}", tasks)
+
+
+def _task_hosts(cluster: Cluster, service: str) -> set[str]:
+    return {t.container_id[:12] for t in cluster.service(service).running_tasks()}
+
+
+def wait_mesh(cluster: Cluster, nodes: list[str], service: str, timeout: float = 120) -> dict[str, set[str]]:
+    """Until every node in ``nodes`` answers on PORT and, over new connections, every task does."""
+
+    def look() -> Poll[dict[str, set[str]]]:
+        expected = _task_hosts(cluster, service)
+        seen = {}
+        for node in nodes:
+            answers = mesh.probe(cluster.addresses[node], PORT, count=8, timeout=2)
+            seen[node] = {a.host for a in answers if a.status == 200}
+        done = bool(expected) and all(hosts == expected for hosts in seen.values())
+        return Poll(done, f"tasks {sorted(expected)}; answered per node {seen}", seen)
+
+    poll = wait_for(look, what="every node answering, every task behind it", timeout=timeout, interval=2)
+    return poll.value or {}
+
+
+def wait_node_state(cluster: Cluster, name: str, state: str, timeout: float = 120) -> None:
+    wait_for(
+        lambda: Poll(cluster.node(name).state == state, cluster.node(name).state),
+        what=f"{name} {state}",
+        timeout=timeout,
+        interval=0.5,
+    )
+
+
+# -- the shared 3-node cluster -----------------------------------------------------------------
+def test_three_nodes_ready_master_leader(cluster: Cluster) -> None:
+    nodes = {n.name: n for n in cluster.nodes()}
+    assert sorted(nodes) == ["master-1", "worker-1", "worker-2"]
+    assert nodes["master-1"].leader
+    assert [n.name for n in nodes.values() if n.role == "manager"] == ["master-1"]
+    assert all(n.state == "ready" and n.availability == "active" for n in nodes.values())
+    assert nodes["master-1"].labels == {"reliability": "high"}
+    assert nodes["worker-1"].engine_labels == {"pool": "uml", "zone": "b"}
+    assert nodes["worker-2"].engine_labels == {"pool": "uml"}
+
+
+def test_every_node_has_ipvs(cluster: Cluster) -> None:
+    assert cluster.capabilities == {n: {"ipvs": True} for n in ("master-1", "worker-1", "worker-2")}
+
+
+def test_engine_reached_over_a_unix_socket_and_listening_on_no_port(provider: UmlProvider) -> None:
+    """The API is the node's unix socket forwarded over ssh: no engine port on any network."""
+    import testinfra
+
+    cluster = provider.cluster
+    assert cluster is not None and cluster.manager_url.startswith(f"unix://{provider.run_dir}/")
+    for name in cluster.addresses:
+        host = testinfra.get_host(provider.host_spec(name))
+        listening = host.check_output("ss -Hltn")
+        assert ":2375 " not in listening and ":2376 " not in listening, listening
+        assert host.check_output("hostname") == name
+        assert host.check_output("uname -r").startswith(uml.uml_kernel()[0])
+
+
+def test_addresses_are_private_and_on_the_session_bridge(provider: UmlProvider, cluster: Cluster) -> None:
+    import ipaddress
+
+    state = recorded(provider.session.id)
+    subnet = ipaddress.IPv4Network(state["subnet"])
+    assert subnet.subnet_of(ipaddress.IPv4Network("172.16.0.0/12"))
+    for name, address in cluster.addresses.items():
+        assert ipaddress.IPv4Address(address) in subnet
+        assert cluster.node(name).addr == address
+        assert Path(f"/sys/class/net/{state['nodes'][name]['tap']}/master").resolve().name == state["bridge"]
+
+
+def test_preloaded_image_is_on_every_node_before_any_load(provider: UmlProvider, http_image: str) -> None:
+    assert provider.cluster is not None
+    for name, client in provider.cluster.engines.items():
+        assert images.image_exists(client, http_image), name
+
+
+def test_routing_mesh_every_node_answers_and_every_task_behind_it(cluster: Cluster, web: str) -> None:
+    seen = wait_mesh(cluster, ["master-1", "worker-1", "worker-2"], web)
+    assert len(_task_hosts(cluster, web)) == 2
+    assert all(len(hosts) == 2 for hosts in seen.values()), seen
+
+
+def test_stopped_worker_goes_down_tasks_move_and_it_rejoins(
+    provider: UmlProvider, cluster: Cluster, web: str
+) -> None:
+    pid = recorded(provider.session.id)["nodes"]["worker-2"]["pid"]
+    provider.stop_node("worker-2")
+    assert not uml._group_members(pid, uml.UML_BINARY), "the node's kernel processes are gone"
+    try:
+        wait_node_state(cluster, "worker-2", "down")
+        poll = wait_for(
+            lambda: _on_nodes(cluster, web, {"worker-1"}),
+            what="umlweb: 2 running tasks, all on worker-1",
+            timeout=120,
+            interval=1,
+        )
+        assert poll.done
+        wait_mesh(cluster, ["master-1", "worker-1"], web)
+    finally:
+        provider.start_node("worker-2")
+    assert cluster.node("worker-2").state == "ready"
+    assert cluster.node("worker-2").availability == "active"
+
+
+def _on_nodes(cluster: Cluster, service: str, nodes: set[str]) -> Poll[None]:
+    names = cluster.node_names_by_id()
+    running = [names.get(t.node_id, "?") for t in cluster.service(service).running_tasks()]
+    return Poll(len(running) == 2 and set(running) <= nodes, f"running on {sorted(running)}")
+
+
+# -- clusters of their own ----------------------------------------------------------------------
+def test_add_load_remove_and_down_leave_nothing(engine: docker.DockerClient, tmp_path: Path) -> None:
+    context = tmp_path / "tiny"
+    context.mkdir()
+    (context / "marker").write_text("uml\n")
+    (context / "Dockerfile").write_text("FROM scratch\nCOPY marker /marker\n")
+    tiny = "pytest-swarm-test/uml-tiny:1"
+    images.build_image(engine, context, [tiny])
+    provider = make_provider(engine, workers=1)
+    try:
+        provider.up()
+        name = provider.add_node()
+        assert name == "worker-2"
+        provider.load_images([tiny])  # over the network: not preloaded
+        assert provider.cluster is not None
+        assert all(images.image_exists(c, tiny) for c in provider.cluster.engines.values())
+        tap = recorded(provider.session.id)["nodes"]["worker-2"]["tap"]
+        provider.remove_node("worker-2")
+        assert not Path(f"/sys/class/net/{tap}").exists()
+        assert not (provider.run_dir / "worker-2").exists()
+        assert sorted(n.name for n in provider.cluster.nodes()) == ["master-1", "worker-1"]
+        state = recorded(provider.session.id)
+    finally:
+        provider.down()
+    assert uml_leftovers(state) == []
+
+
+def test_interrupted_up_leaves_nothing(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Ctrl-C while the nodes boot (kernels already started): up() removes what it made."""
+    provider = make_provider(None, workers=1)
+    seen: dict[str, Any] = {}
+    real_connect = provider._connect
+    main = threading.main_thread().ident
+    assert main is not None
+
+    def connect_then_interrupt(node: str, deadline: float) -> None:
+        if not seen:
+            seen.update(recorded(provider.session.id))
+            signal.pthread_kill(main, signal.SIGINT)
+        real_connect(node, deadline)
+
+    monkeypatch.setattr(provider, "_connect", connect_then_interrupt)
+    with pytest.raises(KeyboardInterrupt):
+        provider.up()
+        time.sleep(5)  # the signal lands before this returns
+    assert seen, "the interrupt fired after the state was written"
+    # Threads still booting stop on their own (no new process once down() began); every tap
+    # was named before the first boot, and any process naming the run folder is found too.
+    wait_for(
+        lambda: Poll(not uml_leftovers(seen), str(uml_leftovers(seen))),
+        what="nothing left of the interrupted cluster",
+        timeout=30,
+        interval=0.5,
+    )
+
+
+def test_sweep_removes_what_a_killed_run_left() -> None:
+    """A run whose owner died (here: an owner token no live process has) is swept by the next."""
+    dead_owner = f"{boot_id()}/1/0"
+    session = Session(id=Session.new().id, owner=dead_owner)
+    provider = make_provider(None, session=session, workers=0)
+    provider.up()
+    state = recorded(session.id)
+    assert state["owner"] == dead_owner
+    messages: list[str] = []
+    swept = uml.sweep(messages.append)
+    assert session.id in swept, messages
+    assert uml_leftovers(state) == []
+    for proc in provider._procs.values():  # the "killed run" was this process: reap its children
+        proc.wait(10)
