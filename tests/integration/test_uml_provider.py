@@ -309,7 +309,7 @@ def test_interrupted_up_leaves_nothing(monkeypatch: pytest.MonkeyPatch) -> None:
     with pytest.raises(KeyboardInterrupt):
         provider.up()
         time.sleep(5)  # the signal lands before this returns
-    assert seen, "the interrupt fired after the state was written"
+    assert any(node.get("pid") for node in seen["nodes"].values()), "a kernel was running at the interrupt"
     # Threads still booting stop on their own (no new process once down() began); every tap
     # was named before the first boot, and any process naming the run folder is found too.
     wait_for(
