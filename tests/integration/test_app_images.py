@@ -383,3 +383,22 @@ def test_monitoring_images_answer_and_prometheus_finds_targets(bench: Bench, bui
         transient=(requests.ConnectionError,),
     )
     assert get(bench.url("prometheus", 9090, "/-/ready")).status_code == 200
+
+
+def test_posts_survive_a_restart_of_mongo(bench: Bench) -> None:
+    """The stand-in keeps its data in /data/db: a restarted mongo still has an earlier post."""
+    post_id = new_post(bench, "Persistent")
+    bench.containers["mongo"].restart(timeout=10)
+    bench.wait_health({"mongo": "healthy"})
+
+    def read_back() -> Poll[int]:
+        answer = get(bench.url("post", 5000, f"/post/{post_id}"))
+        return Poll(answer.status_code == 200, f"post answers {answer.status_code}", answer.status_code)
+
+    wait_for(
+        read_back,
+        what="the post read back after mongo restarted",
+        timeout=30,
+        interval=0.5,
+        transient=(requests.RequestException,),
+    )
