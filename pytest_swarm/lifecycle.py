@@ -15,11 +15,14 @@ import pytest
 
 from .cluster import Cluster
 from .errors import ConvergenceTimeout, ProvisioningError, StackError, SwarmError
+from .images import prepare_images
 from .ownership import Session, forget_kept, read_kept, write_kept
+from .providers import uml
 from .providers.base import Provider
 from .providers.dind import DindProvider, local_engine, remove_session
+from .providers.uml import UmlProvider
 from .settings import Settings
-from .stack import DeployedStack, StackSource, deploy, render
+from .stack import DeployedStack, StackSource, deploy, render, service_images
 from .timing import Timing
 
 Progress = Callable[[str], None]
@@ -69,28 +72,51 @@ class SwarmLifecycle:
             self._announce(self._cluster)
         return self._cluster
 
-    def _provider(self, session: Session) -> DindProvider:
+    def _provider(self, session: Session, preload: list[str] | None = None) -> Provider:
         s = self.settings
-        return DindProvider(
-            session,
-            workers=s.workers,
-            node_labels=s.node_labels,
-            engine_labels=s.engine_labels,
-            timeout=s.timeout,
-            progress=self.progress,
-            client=self.local,
-        )
+        common: dict[str, Any] = {
+            "workers": s.workers,
+            "node_labels": s.node_labels,
+            "engine_labels": s.engine_labels,
+            "timeout": s.timeout,
+            "progress": self.progress,
+            "client": self.local,
+        }
+        if s.provider == "uml":
+            return UmlProvider(session, preload=preload or [], **common)
+        return DindProvider(session, **common)
 
     def _up(self) -> Cluster:
-        provider = self._provider(self.session)
+        preload = self._images_to_preload() if self.settings.provider == "uml" else None
+        provider = self._provider(self.session, preload)
         self.provider = provider
         self.progress(f"provisioning {self.settings.provider}: master-1 + {self.settings.workers} workers")
         return provider.up()
+
+    def _images_to_preload(self) -> list[str]:
+        """Every image the run's stacks need, built before the nodes boot: a UML node's disk gets
+        them baked in (loading into a running UML node is slow)."""
+        if self.settings.env is None:
+            return []
+        plan = prepare_images(
+            self.local,
+            service_images(self.declared_model()),
+            self.settings.build,
+            self.settings.offline_images,
+            self.progress,
+        )
+        return sorted(set(plan.refs))
 
     def _reattach(self) -> Cluster | None:
         record = read_kept(self.settings.rootdir)
         if record is None:
             self.progress("--swarm-reuse: no kept cluster for this project; creating one (it will be kept)")
+            return None
+        if record.get("provider", "dind") != self.settings.provider:
+            self.progress(
+                f"--swarm-reuse: the kept cluster is {record.get('provider')}, not {self.settings.provider}; "
+                "creating another"
+            )
             return None
         session = Session(id=str(record["session"]), owner=self.session.owner)
         provider = self._provider(session)
@@ -201,7 +227,10 @@ def down_kept(rootdir: Path) -> str:
     if record is None:
         return f"no kept cluster recorded under {rootdir}"
     session_id = str(record["session"])
-    problems = remove_session(local_engine(), session_id)
+    if record.get("provider") == "uml":
+        problems = uml.remove_session(session_id)
+    else:
+        problems = remove_session(local_engine(), session_id)
     forget_kept(session_id, rootdir)
     if problems:
         raise ProvisioningError(f"cluster {session_id} removed, but: {'; '.join(problems)}")

@@ -159,11 +159,17 @@ def remove_run_dir(session_id: str) -> None:
     shutil.rmtree(RUN_ROOT / session_id, ignore_errors=True)
 
 
-def stale_run_dirs() -> Iterator[str]:
-    """Session ids of run folders whose owner is gone and whose cluster was not kept."""
+def stale_run_dirs(unless_holding: tuple[str, ...] = ()) -> Iterator[str]:
+    """Session ids of run folders whose owner is gone and whose cluster was not kept.
+
+    A folder holding one of ``unless_holding`` (another provider's record of what it made) is
+    left to that provider's sweep, which must read the record to remove what it lists.
+    """
     if not RUN_ROOT.is_dir():
         return
     for folder in RUN_ROOT.iterdir():
+        if any((folder / name).exists() for name in unless_holding):
+            continue
         try:
             token = (folder / "owner").read_text().strip()
         except OSError:

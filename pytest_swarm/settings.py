@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 PROVIDERS = ("dind", "uml", "machine", "attach")
-AVAILABLE_PROVIDERS = ("dind",)
+AVAILABLE_PROVIDERS = ("dind", "uml")
 KEEP_CHOICES = ("never", "on-failure", "always")
 DEFAULT_STACKS = ("stacks/docker-compose.infra.yml", "stacks/docker-compose.yml")
 DEFAULT_NODE_LABELS = "master-1:reliability=high"

@@ -57,7 +57,7 @@ def test_environment_variable_beats_ini_and_cli_beats_both(
         (["--swarm-provider=k8s"], "*choose one of: dind, uml, machine, attach*"),
         (
             ["--swarm-provider=machine"],
-            "*--swarm-provider=machine is not available yet; available: dind*",
+            "*--swarm-provider=machine is not available yet; available: dind, uml*",
         ),
         (["--swarm-keep=maybe"], "*choose one of: never, on-failure, always*"),
         (["--swarm-workers=many"], "*whole number >= 0*"),

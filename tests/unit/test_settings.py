@@ -51,7 +51,7 @@ def test_linelist_ini_and_env(root: Path) -> None:
     ("cli", "message"),
     [
         ({"provider": "kvm"}, "choose one of: dind, uml, machine, attach"),
-        ({"provider": "uml"}, "not available yet; available: dind"),
+        ({"provider": "attach"}, "not available yet; available: dind, uml"),
         ({"keep": "sometimes"}, "choose one of: never, on-failure, always"),
         ({"workers": "two"}, "whole number >= 0"),
         ({"workers": "-1"}, "whole number >= 0"),
