@@ -9,8 +9,8 @@ Measured, in this order:
   so the real cache is left alone (skip with --no-fresh-disks);
 - seconds to Ready: UmlProvider.up() with the disks cached (kernels booted, engines answering
   over ssh, swarm formed, labels, every node Ready/Active, IPVS probe), per round;
-- host memory per node after Ready (idle) and, with the stack deployed and converged, the RSS
-  summed over a node's processes and the PSS (shared pages split between processes);
+- host memory per node after Ready (idle) and with the stack deployed and converged: the pages
+  of the node kernel's memory file the host allocated, plus what its processes hold besides;
 - with the stack: the seconds to converge and whether every node answers on the ui's port.
 """
 
@@ -90,12 +90,10 @@ def mib(value: float) -> str:
 
 def memory_line(provider: uml.UmlProvider) -> str:
     per = {n: provider.memory(n) for n in NAMES}
-    rss = [m["rss"] for m in per.values()]
-    pss = [m["pss"] for m in per.values()]
-    nodes = ", ".join(f"{n} {mib(m['pss'])}" for n, m in per.items())
+    nodes = ", ".join(f"{n} {mib(m['host'])}" for n, m in per.items())
     return (
-        f"PSS per node MiB: {nodes} (mean {mib(statistics.mean(pss))}); "
-        f"RSS summed over a node's processes, mean {mib(statistics.mean(rss))} MiB"
+        f"host memory per node MiB: {nodes} (mean {mib(statistics.mean(m['host'] for m in per.values()))}; "
+        f"of which the kernel's RAM file, mean {mib(statistics.mean(m['ram'] for m in per.values()))})"
     )
 
 

@@ -599,19 +599,38 @@ class UmlProvider:
         return "\n".join(f"  {node}| {line}" for line in tail)
 
     def memory(self, node: str) -> dict[str, int]:
-        """Host memory of a node's processes in bytes: rss (summed) and pss (shared pages split)."""
+        """Host memory a node uses, in bytes.
+
+        ``ram``: the pages of the kernel's memory file the host has allocated (a UML kernel's
+        "physical" memory is one deleted file it maps; pages it touched once stay allocated).
+        ``host``: ``ram`` plus what the node's processes hold besides that file. Summing RSS or
+        PSS over the processes would count that file several times: the kernel's helpers share
+        its address space, and every userspace process maps its pages again.
+        """
         record = self._node(node)
-        totals = {"rss": 0, "pss": 0}
         pid = record.get("pid")
         if not pid or not _alive(pid, record.get("start")):
-            return totals
+            return {"ram": 0, "host": 0}
+        ram = 0
+        with contextlib.suppress(OSError):
+            for fd in Path(f"/proc/{pid}/fd").iterdir():
+                target = os.readlink(fd)
+                if target.endswith("(deleted)") and os.path.realpath(fd).startswith(("/dev/shm/", "/tmp/")):
+                    ram = max(ram, os.stat(fd).st_blocks * 512)
+        other = 0
+        spaces: set[int] = set()  # processes sharing one address space have identical maps
         for member in _group_members(pid, UML_BINARY):
             with contextlib.suppress(OSError):
-                for line in Path(f"/proc/{member}/smaps_rollup").read_text().splitlines():
-                    field, _, value = line.partition(":")
-                    if field in ("Rss", "Pss"):
-                        totals[field.lower()] += int(value.split()[0]) * 1024
-        return totals
+                space = hash(Path(f"/proc/{member}/maps").read_bytes())
+                if space in spaces:
+                    continue
+                spaces.add(space)
+                fields = dict(
+                    line.split(":", 1)
+                    for line in Path(f"/proc/{member}/smaps_rollup").read_text().splitlines()[1:]
+                )
+                other += (int(fields["Pss"].split()[0]) - int(fields["Pss_Shmem"].split()[0])) * 1024
+        return {"ram": ram, "host": ram + other}
 
     # -- state -------------------------------------------------------------------------------
     def _save_state(self) -> None:
