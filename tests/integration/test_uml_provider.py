@@ -291,6 +291,29 @@ def test_add_load_remove_and_down_leave_nothing(engine: docker.DockerClient, tmp
     assert uml_leftovers(state) == []
 
 
+def test_kept_cluster_is_reattached_by_another_provider() -> None:
+    """--swarm-reuse: a later run reaches the kept nodes; a dead ssh connection is opened again."""
+    provider = make_provider(None, workers=0)
+    again: UmlProvider | None = None
+    try:
+        provider.up()
+        record = provider.keep()
+        assert record["DOCKER_HOST"] == provider.socket_url("master-1")
+        node = recorded(provider.session.id)["nodes"]["master-1"]
+        uml.kill_recorded(node["ssh_pid"], node["ssh_start"])  # as if it ended with the run that kept it
+        again = make_provider(None, session=Session(id=provider.session.id, owner=Session.new().owner))
+        cluster = again.attach(record["nodes"].split(","))
+        assert [n.name for n in cluster.nodes()] == ["master-1"]
+        assert cluster.capabilities == {"master-1": {"ipvs": True}}
+        assert recorded(provider.session.id)["nodes"]["master-1"]["ssh_pid"] != node["ssh_pid"]
+        state = recorded(provider.session.id)
+    finally:
+        if again is not None:
+            again.down()
+        provider.down()
+    assert uml_leftovers(state) == []
+
+
 def test_interrupted_up_leaves_nothing(monkeypatch: pytest.MonkeyPatch) -> None:
     """Ctrl-C while the nodes boot (kernels already started): up() removes what it made."""
     provider = make_provider(None, workers=1)
