@@ -8,6 +8,8 @@ Traffic goes only to the addresses of the nodes these tests create.
 from __future__ import annotations
 
 import signal
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -20,7 +22,7 @@ import pytest
 
 from pytest_swarm import images, mesh
 from pytest_swarm.cluster import Cluster
-from pytest_swarm.ownership import RUN_ROOT, Session, boot_id
+from pytest_swarm.ownership import RUN_ROOT, Session
 from pytest_swarm.providers import uml
 from pytest_swarm.providers.uml import UmlProvider
 from pytest_swarm.waiting import Poll, wait_for
@@ -343,17 +345,30 @@ def test_interrupted_up_leaves_nothing(monkeypatch: pytest.MonkeyPatch) -> None:
     )
 
 
+KILLED_RUN = """
+import sys, time
+from pytest_swarm.ownership import Session
+from pytest_swarm.providers.uml import UmlProvider
+provider = UmlProvider(Session.new(), workers=1, node_labels={}, engine_labels={}, timeout=120,
+                       progress=lambda _m: None)
+provider.up()
+print(provider.session.id, flush=True)
+time.sleep(600)
+"""
+
+
 def test_sweep_removes_what_a_killed_run_left() -> None:
-    """A run whose owner died (here: an owner token no live process has) is swept by the next."""
-    dead_owner = f"{boot_id()}/1/0"
-    session = Session(id=Session.new().id, owner=dead_owner)
-    provider = make_provider(None, session=session, workers=0)
-    provider.up()
-    state = recorded(session.id)
-    assert state["owner"] == dead_owner
+    """A run SIGKILLed with its cluster up leaves it all; the next run's sweep removes it."""
+    run = subprocess.Popen([sys.executable, "-c", KILLED_RUN], stdout=subprocess.PIPE, text=True)
+    try:
+        assert run.stdout is not None
+        session_id = run.stdout.readline().strip()
+        assert session_id, "the run printed its session id once its cluster was up"
+        state = recorded(session_id)
+    finally:
+        run.kill()  # no finally, no down(): what a killed run leaves
+        run.wait(30)
+    assert uml_leftovers(state) != []
     messages: list[str] = []
-    swept = uml.sweep(messages.append)
-    assert session.id in swept, messages
+    assert session_id in uml.sweep(messages.append), messages
     assert uml_leftovers(state) == []
-    for proc in provider._procs.values():  # the "killed run" was this process: reap its children
-        proc.wait(10)
