@@ -27,7 +27,7 @@ def environments(request: pytest.FixtureRequest, swarm_stack: DeployedStack) -> 
     made: list[DeployedStack] = []
     try:
         for env in lifecycle.settings.side_by_side:
-            made.append(lifecycle.deploy(lifecycle.source(env)))
+            lifecycle.deploy(lifecycle.source(env), on_deployed=made.append)  # removed even if it fails
         yield [swarm_stack, *made]
     finally:
         for stack in made:

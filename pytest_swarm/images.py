@@ -230,6 +230,7 @@ def build_image(
         raise ImageBuildError(f"{name}: no Dockerfile in build context {context}")
     ensure_base_image(client, progress)
     fetch_wheels(context, progress)
+    before = client.images.get(tags[0]).id if image_exists(client, tags[0]) else None
     lines: list[str] = []
     image_id = ""
     try:
@@ -259,7 +260,8 @@ def build_image(
     for ref in tags[1:]:
         repo, _, tag = ref.rpartition(":")
         image.tag(repo, tag)
-    progress(f"built {', '.join(tags)} from {context}")
+    if image.id != before:  # an unchanged recipe rebuilds from cache: nothing worth saying
+        progress(f"built {', '.join(tags)} from {context}")
     return str(image.id)
 
 
