@@ -1040,17 +1040,29 @@ class UmlProvider:
         }
 
     def down(self) -> None:
-        """Kill every node and ssh connection, remove taps, bridge, rule, disks' COW files, folder."""
-        with self._guard:
-            self._closing = True
-        for engine in self._engines.values():
-            engine.client.close()
-        self._engines.clear()
-        problems = remove_session(self.session.id)
-        for proc in self._procs.values():
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                proc.wait(10)
-        self._procs.clear()
+        """Kill every node and ssh connection, remove taps, bridge, rule, disks' COW files, folder.
+
+        A Ctrl-C while this runs (a second one, typically) restarts the removal instead of
+        abandoning it half-way; it is raised once everything recorded is gone.
+        """
+        interrupted: KeyboardInterrupt | None = None
+        while True:
+            try:
+                with self._guard:
+                    self._closing = True  # boot threads still running start nothing new
+                for engine in list(self._engines.values()):
+                    engine.client.close()
+                self._engines.clear()
+                problems = remove_session(self.session.id)
+                for proc in list(self._procs.values()):
+                    with contextlib.suppress(subprocess.TimeoutExpired):
+                        proc.wait(10)
+                self._procs.clear()
+                break
+            except KeyboardInterrupt as exc:  # removal is idempotent: run it again, whole
+                interrupted = exc
+        if interrupted is not None:
+            raise interrupted
         if problems:
             raise ProvisioningError(f"UML cluster {self.session.id} removed, but: {'; '.join(problems)}")
 

@@ -317,24 +317,36 @@ def test_kept_cluster_is_reattached_by_another_provider() -> None:
 
 
 def test_interrupted_up_leaves_nothing(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Ctrl-C while the nodes boot (kernels already started): up() removes what it made."""
+    """Ctrl-C while the nodes boot (kernels running), and again while they are being removed:
+    up() still removes everything it made."""
     provider = make_provider(None, workers=1)
     seen: dict[str, Any] = {}
-    real_connect = provider._connect
+    once = threading.Lock()
     main = threading.main_thread().ident
     assert main is not None
+    real_connect = provider._connect
+    real_kill = uml.kill_uml
+    kills: list[int | None] = []
 
     def connect_then_interrupt(node: str, deadline: float) -> None:
-        if not seen:
+        if once.acquire(blocking=False):  # both boot threads get here: one Ctrl-C only
             seen.update(recorded(provider.session.id))
             signal.pthread_kill(main, signal.SIGINT)
         real_connect(node, deadline)
 
+    def interrupt_first_kill(pid: int | None, start: str | None, timeout: float = 15.0) -> str:
+        kills.append(pid)
+        if len(kills) == 1:
+            signal.pthread_kill(main, signal.SIGINT)  # the second Ctrl-C, during the removal
+        return real_kill(pid, start, timeout)
+
     monkeypatch.setattr(provider, "_connect", connect_then_interrupt)
+    monkeypatch.setattr(uml, "kill_uml", interrupt_first_kill)
     with pytest.raises(KeyboardInterrupt):
         provider.up()
         time.sleep(5)  # the signal lands before this returns
     assert any(node.get("pid") for node in seen["nodes"].values()), "a kernel was running at the interrupt"
+    assert len(kills) > 2, "the removal was interrupted and ran again"
     # Threads still booting stop on their own (no new process once down() began); every tap
     # was named before the first boot, and any process naming the run folder is found too.
     wait_for(
