@@ -17,10 +17,8 @@ from .cluster import Cluster
 from .errors import ConvergenceTimeout, ProvisioningError, StackError, SwarmError
 from .images import prepare_images
 from .ownership import Session, forget_kept, read_kept, write_kept
-from .providers import uml
 from .providers.base import Provider
 from .providers.dind import DindProvider, local_engine, remove_session
-from .providers.uml import UmlProvider
 from .settings import Settings
 from .stack import DeployedStack, StackSource, deploy, render, service_images
 from .timing import Timing
@@ -83,6 +81,8 @@ class SwarmLifecycle:
             "client": self.local,
         }
         if s.provider == "uml":
+            from .providers.uml import UmlProvider  # only a uml run needs it
+
             return UmlProvider(session, preload=preload or [], **common)
         return DindProvider(session, **common)
 
@@ -228,6 +228,8 @@ def down_kept(rootdir: Path) -> str:
         return f"no kept cluster recorded under {rootdir}"
     session_id = str(record["session"])
     if record.get("provider") == "uml":
+        from .providers import uml
+
         problems = uml.remove_session(session_id)
     else:
         problems = remove_session(local_engine(), session_id)
