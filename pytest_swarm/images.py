@@ -394,4 +394,7 @@ def _pull(client: docker.DockerClient, ref: str) -> bool:
 def load_image_file(client: docker.DockerClient, tar: Path) -> None:
     """``docker load`` a tar written by save_images into the engine of ``client``."""
     with open(tar, "rb") as handle:
-        client.api.load_image(handle, quiet=True)
+        # The answer is a stream: read it to the end, or the engine may stop loading half-way.
+        for chunk in client.api.load_image(handle, quiet=True):
+            if isinstance(chunk, dict) and chunk.get("error"):
+                raise ImageBuildError(f"docker load of {tar.name} failed: {chunk['error']}")

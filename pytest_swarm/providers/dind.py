@@ -20,7 +20,7 @@ import docker.errors
 from .. import images
 from ..capabilities import probe_capabilities
 from ..cluster import Cluster
-from ..errors import EngineUnreachable, ProvisioningError
+from ..errors import EngineUnreachable, ImageBuildError, ProvisioningError
 from ..ownership import (
     OWNER_LABEL,
     SESSION_LABEL,
@@ -308,6 +308,14 @@ class DindProvider:
             )
         finally:
             tar.unlink(missing_ok=True)
+        still = {
+            n: [r for r in refs_ if not images.image_exists(self._engines[n].client, r)]
+            for n, refs_ in lacking.items()
+        }
+        if any(still.values()):
+            raise ImageBuildError(
+                f"images missing on nodes after docker load: { {n: r for n, r in still.items() if r} }"
+            )
         self.progress(
             f"images loaded on {sum(1 for r in lacking.values() if r)} nodes in "
             f"{time.monotonic() - started:.1f} s: {', '.join(missing)}"
@@ -342,28 +350,42 @@ class DindProvider:
         remove_session(self.client, self.session.id)
 
 
+def labelled(client: docker.DockerClient, label: str) -> list[tuple[str, str, dict[str, str]]]:
+    """(kind, id or name, labels) of every container, network and volume carrying ``label``.
+
+    Low-level list calls: one request per kind, no inspect per object that could fail when
+    another run removes its own things meanwhile.
+    """
+    flt = {"label": label}
+    found = [
+        ("container", c["Id"], c.get("Labels") or {}) for c in client.api.containers(all=True, filters=flt)
+    ]
+    found += [("network", n["Id"], n.get("Labels") or {}) for n in client.api.networks(filters=flt)]
+    volumes = client.api.volumes(filters=flt).get("Volumes") or []
+    found += [("volume", v["Name"], v.get("Labels") or {}) for v in volumes]
+    return found
+
+
 def remove_session(client: docker.DockerClient, session_id: str) -> list[str]:
     """Remove everything labelled with ``session_id``; returns what could not be removed."""
     problems: list[str] = []
-    label = {"label": f"{SESSION_LABEL}={session_id}"}
-    for container in client.containers.list(all=True, filters=label):
-        try:
-            container.remove(force=True, v=True)
-        except docker.errors.NotFound:
-            pass
-    # A removed container's cgroups are empty; the node engines' folders go next.
-    for folder in cgroup_dirs(f"pytest-swarm-{session_id}-"):
-        problems += remove_cgroup_tree(folder)
-    for network in client.networks.list(filters=label):
-        try:
-            network.remove()
-        except docker.errors.NotFound:
-            pass
-    for volume in client.volumes.list(filters=label):
-        try:
-            volume.remove(force=True)
-        except docker.errors.NotFound:
-            pass
+    things = labelled(client, f"{SESSION_LABEL}={session_id}")
+    remove = {
+        "container": lambda ref: client.api.remove_container(ref, force=True, v=True),
+        "network": client.api.remove_network,
+        "volume": lambda ref: client.api.remove_volume(ref, force=True),
+    }
+    for kind in ("container", "network", "volume"):  # containers first: they hold the others
+        for _, ref, _labels in (t for t in things if t[0] == kind):
+            try:
+                remove[kind](ref)
+            except docker.errors.NotFound:
+                pass  # already gone
+            except docker.errors.APIError as exc:
+                problems.append(f"{kind} {ref[:12]}: {exc.explanation}")
+        if kind == "container":  # a removed container's cgroups are empty: the nodes' folders go next
+            for folder in cgroup_dirs(f"pytest-swarm-{session_id}-"):
+                problems += remove_cgroup_tree(folder)
     remove_run_dir(session_id)
     return problems
 
@@ -371,14 +393,8 @@ def remove_session(client: docker.DockerClient, session_id: str) -> list[str]:
 def sweep(client: docker.DockerClient, progress: images.Progress) -> list[str]:
     """Remove what earlier runs left: their owner is gone and they were not kept."""
     owners: dict[str, str] = {}
-    for kind in (
-        client.containers.list(all=True, filters={"label": SESSION_LABEL}),
-        client.networks.list(filters={"label": SESSION_LABEL}),
-        client.volumes.list(filters={"label": SESSION_LABEL}),
-    ):
-        for obj in kind:
-            labels = obj.attrs.get("Labels") or obj.attrs.get("Config", {}).get("Labels") or {}
-            owners.setdefault(labels.get(SESSION_LABEL, ""), labels.get(OWNER_LABEL, ""))
+    for _kind, _ref, labels in labelled(client, SESSION_LABEL):
+        owners.setdefault(labels.get(SESSION_LABEL, ""), labels.get(OWNER_LABEL, ""))
     stale = {sid for sid, owner in owners.items() if sid and not is_kept(sid) and not owner_alive(owner)}
     stale |= set(stale_run_dirs(unless_holding=(UML_STATE_FILE,)))
     for sid in sorted(stale):

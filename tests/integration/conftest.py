@@ -32,9 +32,12 @@ def engine() -> docker.DockerClient:
 def find_leftovers(engine: docker.DockerClient, session_id: str | None = None) -> list[str]:
     """Everything labelled by pytest-swarm (or by one session) still present, by kind and name."""
     label = SESSION_LABEL if session_id is None else f"{SESSION_LABEL}={session_id}"
-    found = [f"container {c.name}" for c in engine.containers.list(all=True, filters={"label": label})]
-    found += [f"network {n.name}" for n in engine.networks.list(filters={"label": label})]
-    found += [f"volume {v.name}" for v in engine.volumes.list(filters={"label": label})]
+    # Low-level list calls: no per-object inspect that could race with another run's cleanup.
+    found = [f"container {c['Names'][0]}" for c in engine.api.containers(all=True, filters={"label": label})]
+    found += [f"network {n['Name']}" for n in engine.api.networks(filters={"label": label})]
+    found += [
+        f"volume {v['Name']}" for v in engine.api.volumes(filters={"label": label}).get("Volumes") or []
+    ]
     prefix = "pytest-swarm-" + (session_id + "-" if session_id else "")
     found += [f"cgroup {p}" for p in cgroup_dirs(prefix)]
     if session_id is not None and (RUN_ROOT / session_id).exists():

@@ -93,8 +93,8 @@ def wait_for_containers(engine: docker.DockerClient, known: set[str], timeout: f
     """The session id of the first new labelled container; bounded."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        for container in engine.containers.list(all=True, filters={"label": SESSION_LABEL}):
-            session = container.labels[SESSION_LABEL]
+        for container in engine.api.containers(all=True, filters={"label": SESSION_LABEL}):
+            session = container["Labels"][SESSION_LABEL]
             if session not in known:
                 return session
         time.sleep(0.1)
@@ -102,9 +102,9 @@ def wait_for_containers(engine: docker.DockerClient, known: set[str], timeout: f
 
 
 def known_sessions(engine: docker.DockerClient) -> set[str]:
-    return {
-        c.labels[SESSION_LABEL] for c in engine.containers.list(all=True, filters={"label": SESSION_LABEL})
-    }
+    # One list call, no inspect per container: containers of another run may vanish meanwhile.
+    listed = engine.api.containers(all=True, filters={"label": SESSION_LABEL})
+    return {c["Labels"][SESSION_LABEL] for c in listed}
 
 
 def start_run(project: pytest.Pytester) -> subprocess.Popen[bytes]:
