@@ -287,7 +287,6 @@ class ImagePlan:
     """The images a rendered stack needs, made present on the local engine."""
 
     refs: list[str] = field(default_factory=list)  # to put on every node
-    built: list[str] = field(default_factory=list)
     standins: dict[str, str] = field(default_factory=dict)  # service -> image
 
 
@@ -319,7 +318,6 @@ def prepare_images(
                 what=service,
                 progress=progress,
             )
-            plan.built.append(ref)
             plan.refs += build_variants(client, build[service], ref, progress)
         elif image_exists(client, ref) and not _is_standin(client, ref):
             pass
