@@ -8,7 +8,7 @@ or the ip_vs module loaded). The probe asks the node itself, loading the module 
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Protocol
 
 import testinfra
@@ -35,8 +35,13 @@ def probe_capabilities(provider: _HasHosts, nodes: Sequence[str]) -> dict[str, d
     return found
 
 
-def skip_reason(marker: str, missing_nodes: Sequence[str]) -> str:
+def skip_reason(marker: str, missing_nodes: Sequence[str], unprobed: Mapping[str, str] | None = None) -> str:
     _, feature = FEATURES[marker]
+    unknown = {n: why for n, why in (unprobed or {}).items() if n in missing_nodes}
+    if unknown:
+        return f"{marker}: {feature} could not be probed on node(s) " + "; ".join(
+            f"{n}: {why}" for n, why in sorted(unknown.items())
+        )
     return (
         f"{marker}: node(s) {', '.join(missing_nodes)} have no {feature} in their kernel; "
         "run this test where the nodes' kernels have it (most cloud VMs do)"

@@ -248,6 +248,7 @@ class Cluster:
         capabilities: node name -> capability -> present (e.g. "ipvs").
         engines: node name -> a docker client on that node's own engine, where reachable.
         seconds_to_ready: how long provisioning (or attaching) took.
+        unprobed: node name -> why its capabilities could not be probed (they count as missing).
     """
 
     provider: str
@@ -257,6 +258,7 @@ class Cluster:
     capabilities: dict[str, dict[str, bool]] = field(default_factory=dict)
     engines: dict[str, docker.DockerClient] = field(default_factory=dict)
     seconds_to_ready: float = 0.0
+    unprobed: dict[str, str] = field(default_factory=dict)
 
     def nodes(self) -> list[Node]:
         return sorted((Node(n) for n in self.client.api.nodes()), key=lambda n: n.name)

@@ -44,6 +44,11 @@ def run(
     return result.stdout
 
 
+# Engines behind TLS (docker-machine's tcp://...:2376, a TLS context): host URL -> the folder of
+# its ca.pem, cert.pem and key.pem, so CLI calls to that host verify it as the SDK clients do.
+TLS_CERT_PATHS: dict[str, str] = {}
+
+
 def run_docker(
     args: Sequence[str],
     *,
@@ -56,4 +61,6 @@ def run_docker(
     if host is not None:
         full_env["DOCKER_HOST"] = host
         full_env.pop("DOCKER_CONTEXT", None)
+        if host in TLS_CERT_PATHS:
+            full_env.update(DOCKER_TLS_VERIFY="1", DOCKER_CERT_PATH=TLS_CERT_PATHS[host])
     return run([docker_cli(), *args], timeout=timeout, env=full_env)

@@ -5,8 +5,9 @@ from __future__ import annotations
 import shlex
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, NamedTuple, TypeVar
 
+import docker
 import pytest
 import testinfra
 
@@ -122,11 +123,46 @@ def swarm_settings(request: pytest.FixtureRequest) -> Settings:
 def swarm_node_hosts(request: pytest.FixtureRequest, swarm: Cluster) -> dict[str, Any]:
     """node name -> a testinfra Host whose commands run inside that node (its kernel, its engine).
 
-    Example: ``swarm_node_hosts["worker-1"].run("cat /proc/loadavg")``.
+    Example: ``swarm_node_hosts["worker-1"].run("cat /proc/loadavg")``. A node the provider can
+    run no command on (attach without ``NODE:host=``) is absent.
     """
     provider = lifecycle_of(request.config).provider
     assert provider is not None
-    return {name: testinfra.get_host(provider.host_spec(name)) for name in swarm.addresses}
+    specs = {name: provider.host_spec(name) for name in swarm.addresses}
+    return {name: testinfra.get_host(spec) for name, spec in specs.items() if spec}
+
+
+@pytest.fixture(scope="session")
+def swarm_node_control(swarm_provider: Provider) -> Provider:
+    """``swarm_provider``, for a test that adds, removes, stops or starts nodes.
+
+    The test is skipped, with the provider's reason, where the provider can't change nodes
+    (attach: the swarm is someone else's).
+    """
+    if not getattr(swarm_provider, "can_change_nodes", True):
+        default = f"the {swarm_provider.name} provider can't change nodes"
+        pytest.skip(str(getattr(swarm_provider, "fixed_nodes_reason", default)))
+    return swarm_provider
+
+
+class _ExecResult(NamedTuple):
+    """What testinfra's CommandResult offers the suites: rc, stdout, stderr."""
+
+    rc: int
+    stdout: str
+    stderr: str
+
+
+def _engine_exec(engine: docker.DockerClient, container_id: str, command: str) -> _ExecResult:
+    """``docker exec`` through a node's engine API (no shell on the node needed)."""
+    exec_id = engine.api.exec_create(container_id, ["sh", "-c", command])
+    out, err = engine.api.exec_start(exec_id, demux=True)
+    code = engine.api.exec_inspect(exec_id)["ExitCode"]
+    return _ExecResult(int(code if code is not None else -1), _text(out), _text(err))
+
+
+def _text(data: bytes | None) -> str:
+    return (data or b"").decode(errors="replace")
 
 
 @pytest.fixture(scope="session")
@@ -136,6 +172,10 @@ def swarm_task_exec(swarm: Cluster, swarm_node_hosts: dict[str, Any]) -> Callabl
 
     def run(task: Task, command: str) -> Any:
         node = swarm.node_names_by_id()[task.node_id]
+        if node not in swarm_node_hosts and node in swarm.engines:
+            return _engine_exec(swarm.engines[node], task.container_id, command)
+        if node not in swarm_node_hosts:
+            pytest.skip(f"no command can be run on {node}: the provider reaches neither its host nor engine")
         return swarm_node_hosts[node].run(f"docker exec {task.container_id} sh -c {shlex.quote(command)}")
 
     return run
@@ -163,4 +203,4 @@ def _swarm_capability_gate(request: pytest.FixtureRequest) -> None:
         capability, _ = FEATURES[marker]
         missing = cluster.missing_capability(capability)
         if missing:
-            pytest.skip(skip_reason(marker, missing))
+            pytest.skip(skip_reason(marker, missing, cluster.unprobed))

@@ -84,10 +84,28 @@ class SwarmLifecycle:
             from .providers.uml import UmlProvider  # only a uml run needs it
 
             return UmlProvider(session, preload=preload or [], **common)
+        if s.provider == "attach":
+            from .providers.attach import AttachProvider
+
+            return AttachProvider(
+                session,
+                context=s.context,
+                nodes=s.attach_nodes,
+                node_labels=s.node_labels,
+                labels_given=s.sources.get("node_labels", "default") != "default",
+                timeout=s.timeout,
+                progress=self.progress,
+                preload=preload or [],
+            )
+        if s.provider == "machine":
+            from .providers.machine import MachineProvider
+
+            return MachineProvider(session, settings=s, progress=self.progress, client=self.local)
         return DindProvider(session, **common)
 
     def _up(self) -> Cluster:
-        preload = self._images_to_preload() if self.settings.provider == "uml" else None
+        # uml bakes them into node disks; attach checks them on the nodes before any suite runs.
+        preload = self._images_to_preload() if self.settings.provider in ("uml", "attach") else None
         provider = self._provider(self.session, preload)
         self.provider = provider
         self.progress(f"provisioning {self.settings.provider}: master-1 + {self.settings.workers} workers")
@@ -216,9 +234,20 @@ class SwarmLifecycle:
                 "reuse it with --swarm-reuse; remove it with: python -m pytest_swarm down"
             )
             return
+        if not getattr(self.provider, "owns_swarm", True) and self._cluster is not None:
+            self._remove_stacks()  # the swarm stays: what this run deployed on it goes
         self.provider.down()
         forget_kept(self.session.id, s.rootdir)
         self.summary.append(f"cluster {self.session.id} removed")
+
+    def _remove_stacks(self) -> None:
+        for stack in self.stacks.values():
+            try:
+                stack.remove()
+            except SwarmError as exc:
+                self.summary.append(f"stack {stack.name} not removed: {exc}")
+            else:
+                self.summary.append(f"stack {stack.name} removed from the attached swarm")
 
 
 def down_kept(rootdir: Path) -> str:
@@ -231,6 +260,12 @@ def down_kept(rootdir: Path) -> str:
         from .providers import uml
 
         problems = uml.remove_session(session_id)
+    elif record.get("provider") == "attach":
+        problems = []  # an attached swarm is someone else's: only the record goes
+    elif record.get("provider") == "machine":
+        from .providers import machine
+
+        problems = machine.remove_session(session_id)
     else:
         problems = remove_session(local_engine(), session_id)
     forget_kept(session_id, rootdir)

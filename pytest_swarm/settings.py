@@ -6,16 +6,27 @@ plugin.py gathers the mappings and keeps the frozen result in ``config.stash``.
 
 from __future__ import annotations
 
+import re
+import shlex
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 PROVIDERS = ("dind", "uml", "machine", "attach")
-AVAILABLE_PROVIDERS = ("dind", "uml")
+AVAILABLE_PROVIDERS = ("dind", "uml", "machine", "attach")
 KEEP_CHOICES = ("never", "on-failure", "always")
 DEFAULT_STACKS = ("stacks/docker-compose.infra.yml", "stacks/docker-compose.yml")
 DEFAULT_NODE_LABELS = "master-1:reliability=high"
+ATTACH_NODE_KEYS = ("address", "engine", "host")
+ENGINE_SCHEMES = ("unix://", "tcp://", "ssh://")
+# The lesson's machines: GCE, a small machine type, Ubuntu LTS (the lesson's 16.04 is past its
+# end of life; 22.04 is the image family docker-machine's Ubuntu provisioner handles today).
+DEFAULT_GCE_ZONE = "europe-west1-b"
+DEFAULT_GCE_MACHINE_TYPE = "g1-small"
+DEFAULT_GCE_IMAGE = (
+    "https://www.googleapis.com/compute/v1/projects/ubuntu-os-cloud/global/images/family/ubuntu-2204-lts"
+)
 
 
 class SettingsError(ValueError):
@@ -76,6 +87,21 @@ OPTIONS: tuple[Option, ...] = (
         "",
         "linelist",
     ),
+    Option("context", "attach: the docker context whose endpoint is a swarm manager (else DOCKER_HOST)", ""),
+    Option(
+        "attach_nodes",
+        "attach: per-node overrides NODE:address=IP, NODE:engine=unix://|tcp://|ssh://..., "
+        "NODE:host=ssh://user@host|docker://... (testinfra)",
+        "",
+        "linelist",
+    ),
+    Option("machines", "machine: attach to these existing machines, manager first, comma separated", ""),
+    Option("machine_driver", "machine: docker-machine driver of the machines it creates", "google"),
+    Option("machine_args", "machine: more docker-machine create flags, space separated", ""),
+    Option("gce_project", "machine (google): GCE project (else docker-machine reads GOOGLE_PROJECT)", ""),
+    Option("gce_zone", "machine (google): GCE zone", DEFAULT_GCE_ZONE),
+    Option("gce_machine_type", "machine (google): GCE machine type", DEFAULT_GCE_MACHINE_TYPE),
+    Option("gce_image", "machine (google): GCE machine image", DEFAULT_GCE_IMAGE),
 )
 OPTIONS_BY_NAME = {o.name: o for o in OPTIONS}
 
@@ -101,6 +127,15 @@ class Settings:
     offline_images: Mapping[str, Path] = field(default_factory=dict)
     side_by_side: tuple[str, ...] = ()
     lesson_services: Mapping[str, str] = field(default_factory=dict)  # role -> service
+    context: str = ""
+    attach_nodes: Labels = field(default_factory=dict)  # node -> address/engine/host
+    machines: tuple[str, ...] = ()
+    machine_driver: str = "google"
+    machine_args: tuple[str, ...] = ()
+    gce_project: str = ""
+    gce_zone: str = DEFAULT_GCE_ZONE
+    gce_machine_type: str = DEFAULT_GCE_MACHINE_TYPE
+    gce_image: str = DEFAULT_GCE_IMAGE
     sources: Mapping[str, str] = field(default_factory=dict)  # option -> cli|env|ini|default
 
     @property
@@ -213,6 +248,15 @@ def resolve(
         offline_images=_service_paths("offline_images", items("offline_images"), path),
         side_by_side=_side_by_side(items("side_by_side"), env, envs_dir),
         lesson_services=_pairs("lesson_services", items("lesson_services")),
+        context=text("context"),
+        attach_nodes=parse_attach_nodes(items("attach_nodes")),
+        machines=_machine_names(items("machines")),
+        machine_driver=text("machine_driver"),
+        machine_args=tuple(shlex.split(text("machine_args"))),
+        gce_project=text("gce_project"),
+        gce_zone=text("gce_zone"),
+        gce_machine_type=text("gce_machine_type"),
+        gce_image=text("gce_image"),
         sources=sources,
     )
 
@@ -281,6 +325,43 @@ def parse_node_labels(name: str, entries: Sequence[str]) -> dict[str, dict[str, 
             )
         labels.setdefault(node, {})[key] = value
     return labels
+
+
+def parse_attach_nodes(entries: Sequence[str]) -> dict[str, dict[str, str]]:
+    """``worker-1:engine=unix:///s.sock`` entries -> {"worker-1": {"engine": "unix:///s.sock"}}."""
+    nodes = parse_node_labels("attach_nodes", entries)
+    for node, given in nodes.items():
+        for key, value in given.items():
+            if key not in ATTACH_NODE_KEYS:
+                raise SettingsError(
+                    f"swarm_attach_nodes: {node}:{key}= is not valid; the keys are "
+                    f"{', '.join(ATTACH_NODE_KEYS)} (e.g. {node}:engine=unix:///run/docker.sock)"
+                )
+            if key == "engine" and not value.startswith(ENGINE_SCHEMES):
+                raise SettingsError(
+                    f"swarm_attach_nodes: {node}:engine={value!r} is not valid; give a URL starting "
+                    f"with {', '.join(ENGINE_SCHEMES)}"
+                )
+            if key == "host" and "://" not in value:
+                raise SettingsError(
+                    f"swarm_attach_nodes: {node}:host={value!r} is not valid; give a testinfra host "
+                    "URL such as ssh://user@host or docker://container"
+                )
+            if not value:
+                raise SettingsError(f"swarm_attach_nodes: {node}:{key}= needs a value")
+    return nodes
+
+
+def _machine_names(names: Sequence[str]) -> tuple[str, ...]:
+    bad = [n for n in names if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9.-]*", n)]
+    if bad:
+        raise SettingsError(
+            f"--swarm-machines: {', '.join(bad)} is not a docker-machine name; give names like "
+            "master-1,worker-1,worker-2 (the first one is the manager)"
+        )
+    if len(set(names)) != len(names):
+        raise SettingsError(f"--swarm-machines: a machine is named twice in {','.join(names)}")
+    return tuple(names)
 
 
 def _pairs(name: str, entries: Sequence[str]) -> dict[str, str]:

@@ -46,6 +46,7 @@ from .base import (
 
 NODE_RECIPE = Path(__file__).parent / "dind_node"
 UML_STATE_FILE = "uml.json"  # a UML session's record: its own sweep removes what it lists
+MACHINE_STATE_FILE = "machine.json"  # a machine session's record of the machines it created
 NODE_REPO = "pytest-swarm/node"
 NODE_MOUNT = "/pytest-swarm"
 ENGINE_TIMEOUT = 60.0
@@ -396,7 +397,7 @@ def sweep(client: docker.DockerClient, progress: images.Progress) -> list[str]:
     for _kind, _ref, labels in labelled(client, SESSION_LABEL):
         owners.setdefault(labels.get(SESSION_LABEL, ""), labels.get(OWNER_LABEL, ""))
     stale = {sid for sid, owner in owners.items() if sid and not is_kept(sid) and not owner_alive(owner)}
-    stale |= set(stale_run_dirs(unless_holding=(UML_STATE_FILE,)))
+    stale |= set(stale_run_dirs(unless_holding=(UML_STATE_FILE, MACHINE_STATE_FILE)))
     for sid in sorted(stale):
         remove_session(client, sid)
     if stale:

@@ -55,10 +55,7 @@ def test_environment_variable_beats_ini_and_cli_beats_both(
     [
         (["--swarm-env=qa"], "*--swarm-env=qa: no file *qa.env; found: dev, stage*"),
         (["--swarm-provider=k8s"], "*choose one of: dind, uml, machine, attach*"),
-        (
-            ["--swarm-provider=machine"],
-            "*--swarm-provider=machine is not available yet; available: dind, uml*",
-        ),
+        (["--swarm-machines=master_1"], "*master_1 is not a docker-machine name*"),
         (["--swarm-keep=maybe"], "*choose one of: never, on-failure, always*"),
         (["--swarm-workers=many"], "*whole number >= 0*"),
         (["--swarm-timeout=-3"], "*number of seconds > 0*"),

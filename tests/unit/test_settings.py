@@ -51,7 +51,6 @@ def test_linelist_ini_and_env(root: Path) -> None:
     ("cli", "message"),
     [
         ({"provider": "kvm"}, "choose one of: dind, uml, machine, attach"),
-        ({"provider": "attach"}, "not available yet; available: dind, uml"),
         ({"keep": "sometimes"}, "choose one of: never, on-failure, always"),
         ({"workers": "two"}, "whole number >= 0"),
         ({"workers": "-1"}, "whole number >= 0"),
@@ -94,3 +93,62 @@ def test_side_by_side_defaults_to_every_other_env(root: Path) -> None:
     assert resolve({"env": "dev", "side_by_side": "prod"}, {}, {}, root).side_by_side == ("prod",)
     with pytest.raises(SettingsError, match="no env file for qa; found: dev, prod, stage"):
         resolve({"env": "dev", "side_by_side": "qa"}, {}, {}, root)
+
+
+def test_attach_and_machine_are_available(root: Path) -> None:
+    assert resolve({"provider": "attach"}, {}, {}, root).provider == "attach"
+    assert resolve({"provider": "machine"}, {}, {}, root).provider == "machine"
+
+
+def test_machine_defaults_and_precedence(root: Path) -> None:
+    s = resolve({"provider": "machine"}, {}, {}, root)
+    assert (s.machine_driver, s.gce_zone, s.gce_machine_type) == ("google", "europe-west1-b", "g1-small")
+    assert s.gce_image.endswith("/ubuntu-os-cloud/global/images/family/ubuntu-2204-lts")
+    assert (s.gce_project, s.machines, s.machine_args) == ("", (), ())
+    s = resolve(
+        {"gce_zone": "us-east1-b", "machines": "master-1,worker-1"},
+        {"SWARM_GCE_ZONE": "asia-east1-a", "SWARM_GCE_PROJECT": "proj-1"},
+        {"gce_machine_type": "e2-small", "machine_args": "--google-open-port 9292/tcp --google-tags 'a b'"},
+        root,
+    )
+    assert (s.gce_zone, s.gce_project, s.gce_machine_type) == ("us-east1-b", "proj-1", "e2-small")
+    assert s.machines == ("master-1", "worker-1")
+    assert s.machine_args == ("--google-open-port", "9292/tcp", "--google-tags", "a b")
+    sources = (s.sources["gce_zone"], s.sources["gce_project"], s.sources["machine_args"])
+    assert sources == ("cli", "env", "ini")
+
+
+def test_attach_context_and_node_overrides(root: Path) -> None:
+    s = resolve(
+        {"context": "lesson"},
+        {"SWARM_ATTACH_NODES": "worker-1:engine=unix:///tmp/w1.sock worker-1:address=10.0.0.3"},
+        {"attach_nodes": ["master-1:host=ssh://docker-user@10.0.0.2"]},
+        root,
+    )
+    assert s.context == "lesson"
+    assert s.attach_nodes == {"worker-1": {"engine": "unix:///tmp/w1.sock", "address": "10.0.0.3"}}
+    s = resolve({}, {}, {"attach_nodes": ["master-1:host=ssh://docker-user@10.0.0.2"]}, root)
+    assert s.attach_nodes == {"master-1": {"host": "ssh://docker-user@10.0.0.2"}}
+
+
+@pytest.mark.parametrize(
+    ("entry", "message"),
+    [
+        ("worker-1:socket=/tmp/a", "the keys are address, engine, host"),
+        ("worker-1:engine=/tmp/a.sock", "starting with unix://, tcp://, ssh://"),
+        ("worker-1:host=worker-1", "ssh://user@host or docker://container"),
+        ("worker-1", "NODE:KEY=VALUE"),
+    ],
+)
+def test_bad_attach_nodes(root: Path, entry: str, message: str) -> None:
+    with pytest.raises(SettingsError, match=message):
+        resolve({}, {}, {"attach_nodes": [entry]}, root)
+
+
+@pytest.mark.parametrize(
+    ("machines", "message"),
+    [("master_1,worker-1", "not a docker-machine name"), ("master-1,master-1", "named twice")],
+)
+def test_bad_machine_names(root: Path, machines: str, message: str) -> None:
+    with pytest.raises(SettingsError, match=message):
+        resolve({"machines": machines}, {}, {}, root)

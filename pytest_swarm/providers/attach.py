@@ -1,0 +1,461 @@
+"""attach: an existing swarm, reached through DOCKER_HOST (TLS from DOCKER_TLS_VERIFY and
+DOCKER_CERT_PATH) or a docker context.
+
+The swarm and its nodes belong to someone else: node names and addresses come from the swarm
+itself (Description.Hostname, Status.Addr), a node's own engine and a testinfra host only where
+``swarm_attach_nodes`` names them. Nothing is added to, removed from, stopped or started in the
+swarm; images must already be on the nodes or in a registry they pull from; ``down()`` takes back
+only what this run put there (node labels it added, probe containers).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+import docker
+import docker.errors
+import docker.tls
+import testinfra
+
+from .. import images
+from ..capabilities import IPVS, IPVS_PROBE
+from ..cluster import Cluster, Node
+from ..commands import TLS_CERT_PATHS, docker_cli, run
+from ..errors import CommandError, EngineUnreachable, ProvisioningError
+from ..ownership import Session
+from .base import API_VERSION, TRANSIENT, engine_client, wait_ready
+
+FIXED_NODES = "the attach provider cannot add nodes to an existing swarm"
+PROBE_TRIES = 3  # images tried for the engine-side IPVS probe (one without a shell is skipped)
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    """Where the manager's API answers, and how to talk to it."""
+
+    url: str
+    tls: docker.tls.TLSConfig | None
+    source: str  # "DOCKER_HOST", "context NAME", "the default socket"
+    cert_path: str = ""  # the folder of the TLS files, for docker CLI calls
+
+
+def endpoint_of(context: str, environ: Mapping[str, str]) -> Endpoint:
+    """The manager endpoint: ``context`` (or DOCKER_CONTEXT) when given, else DOCKER_HOST."""
+    context = context or environ.get("DOCKER_CONTEXT", "")
+    if context and context != "default":
+        return context_endpoint(context, environ)
+    host = environ.get("DOCKER_HOST", "")
+    if not host:
+        return Endpoint("unix:///var/run/docker.sock", None, "the default socket (no DOCKER_HOST)")
+    tls, cert_path = None, ""
+    if environ.get("DOCKER_TLS_VERIFY", "") not in ("", "0") or host.startswith("https://"):
+        cert_path = environ.get("DOCKER_CERT_PATH") or os.path.expanduser("~/.docker")
+        tls = tls_config(cert_path, verify=True)
+    return Endpoint(host.replace("https://", "tcp://", 1), tls, "DOCKER_HOST", cert_path)
+
+
+def tls_config(cert_path: str, verify: bool) -> docker.tls.TLSConfig:
+    files = {name: os.path.join(cert_path, name) for name in ("ca.pem", "cert.pem", "key.pem")}
+    missing = [path for path in files.values() if not os.path.isfile(path)]
+    if missing:
+        raise ProvisioningError(
+            f"TLS is asked for but {', '.join(missing)} is missing; set DOCKER_CERT_PATH to the folder "
+            "holding ca.pem, cert.pem and key.pem (docker-machine env prints it)"
+        )
+    return docker.tls.TLSConfig(
+        client_cert=(files["cert.pem"], files["key.pem"]),
+        ca_cert=files["ca.pem"] if verify else None,
+        verify=files["ca.pem"] if verify else False,
+    )
+
+
+def context_endpoint(name: str, environ: Mapping[str, str]) -> Endpoint:
+    """``docker context inspect NAME``: its docker endpoint and TLS material."""
+    env = {k: v for k, v in environ.items() if k not in ("DOCKER_HOST", "DOCKER_CONTEXT")}
+    try:
+        found = json.loads(run([docker_cli(), "context", "inspect", name], timeout=30, env=env))
+    except CommandError as exc:
+        raise ProvisioningError(
+            f"--swarm-context={name}: {exc}; list the contexts with `docker context ls`"
+        ) from exc
+    try:
+        docker_endpoint = found[0]["Endpoints"]["docker"]
+        url = str(docker_endpoint["Host"])
+    except (LookupError, TypeError) as exc:
+        raise ProvisioningError(
+            f"--swarm-context={name}: `docker context inspect` shows no docker endpoint"
+        ) from exc
+    tls, cert_path = None, ""
+    tls_path = str((found[0].get("Storage") or {}).get("TLSPath") or "")
+    if tls_path and os.path.isdir(os.path.join(tls_path, "docker")):
+        cert_path = os.path.join(tls_path, "docker")
+        tls = tls_config(cert_path, verify=not docker_endpoint.get("SkipTLSVerify"))
+    return Endpoint(url, tls, f"context {name}", cert_path)
+
+
+def client_for(url: str, tls: docker.tls.TLSConfig | None = None) -> docker.DockerClient:
+    if tls is None:
+        return engine_client(url)
+    return docker.DockerClient(base_url=url, version=API_VERSION, timeout=120, tls=tls)
+
+
+class AttachProvider:
+    """An existing swarm: read, deployed to, probed; never resized or removed."""
+
+    name = "attach"
+    can_change_nodes = False
+    fixed_nodes_reason = FIXED_NODES
+    owns_swarm = False  # the lifecycle removes the stacks it deployed; the swarm stays
+
+    def __init__(
+        self,
+        session: Session,
+        *,
+        context: str,
+        nodes: Mapping[str, Mapping[str, str]],
+        node_labels: Mapping[str, Mapping[str, str]],
+        labels_given: bool,
+        timeout: float,
+        progress: images.Progress,
+        preload: Sequence[str] = (),
+        environ: Mapping[str, str] | None = None,
+    ) -> None:
+        self.session = session
+        self.context = context
+        self.overrides = nodes
+        self.node_labels = node_labels
+        self.labels_given = labels_given
+        self.timeout = timeout
+        self.progress = progress
+        self.preload = list(preload)
+        self.environ = dict(os.environ if environ is None else environ)
+        self.endpoint: Endpoint | None = None
+        self.client: docker.DockerClient | None = None
+        self.cluster: Cluster | None = None
+        self._addresses: dict[str, str] = {}
+        self._engines: dict[str, docker.DockerClient] = {}
+        self._added_labels: dict[str, dict[str, str | None]] = {}  # node -> key -> value before
+        self.unprobed: dict[str, str] = {}  # node -> why its capabilities are unknown
+
+    # -- reaching the swarm -----------------------------------------------------------------
+    def _manager(self) -> tuple[docker.DockerClient, dict[str, object]]:
+        endpoint = endpoint_of(self.context, self.environ)
+        self.endpoint = endpoint
+        try:
+            client = client_for(endpoint.url, endpoint.tls)
+            info = client.info()
+        except (docker.errors.DockerException, *TRANSIENT) as exc:
+            raise EngineUnreachable(
+                f"attach: no Docker engine answers at {endpoint.url} ({endpoint.source}): {exc}; "
+                "set DOCKER_HOST (with DOCKER_TLS_VERIFY/DOCKER_CERT_PATH for TLS) or --swarm-context "
+                "to a manager of the swarm"
+            ) from exc
+        swarm = info.get("Swarm") or {}
+        state = swarm.get("LocalNodeState", "")
+        if state != "active":
+            client.close()
+            raise ProvisioningError(
+                f"attach: the engine at {endpoint.url} ({endpoint.source}) is in no swarm "
+                f"(LocalNodeState={state or 'unknown'}); run `docker swarm init` there, or point "
+                "DOCKER_HOST / --swarm-context at a manager of an existing swarm"
+            )
+        if not swarm.get("ControlAvailable"):
+            managers = (
+                ", ".join(str(m.get("Addr", "")) for m in swarm.get("RemoteManagers") or []) or "unknown"
+            )
+            client.close()
+            raise ProvisioningError(
+                f"attach: the engine at {endpoint.url} ({endpoint.source}) is a swarm worker "
+                f"({info.get('Name', '?')}), not a manager; swarm commands run only on managers: point "
+                f"DOCKER_HOST / --swarm-context at a manager (managers at {managers})"
+            )
+        return client, info
+
+    def up(self) -> Cluster:
+        """Reach the manager, read the nodes, reach the engines named, check labels and images."""
+        started = time.monotonic()
+        try:
+            return self._up(started)
+        except BaseException:
+            self.down()
+            raise
+
+    def _up(self, started: float) -> Cluster:
+        client, info = self._manager()
+        self.client = client
+        swarm = info.get("Swarm") or {}
+        raw_nodes = list(client.api.nodes())
+        nodes = {Node(raw).name: Node(raw) for raw in raw_nodes}
+        unknown = sorted(set(self.overrides) - set(nodes))
+        if unknown:
+            raise ProvisioningError(
+                f"swarm_attach_nodes names {', '.join(unknown)}, not in the swarm "
+                f"({', '.join(sorted(nodes))}); use the names `docker node ls` shows"
+            )
+        manager_id = str(swarm.get("NodeID", "") if isinstance(swarm, Mapping) else "")
+        for name, node in sorted(nodes.items()):
+            given = self.overrides.get(name, {})
+            self._addresses[name] = given.get("address") or node_address(node)
+            if "engine" in given:
+                self._engines[name] = self._node_engine(name, node.id, given["engine"])
+            elif node.id == manager_id:
+                self._engines[name] = client
+        names = sorted(nodes)
+        wait_ready(client, names, self.timeout)
+        self._label()
+        self.check_images(self.preload)
+        assert self.endpoint is not None
+        if self.endpoint.cert_path:
+            TLS_CERT_PATHS[self.endpoint.url] = self.endpoint.cert_path
+        self.cluster = Cluster(
+            provider=self.name,
+            client=client,
+            manager_url=self.endpoint.url,
+            addresses=dict(self._addresses),
+            engines=dict(self._engines),
+        )
+        self.cluster.capabilities = self._probe(names)
+        self.cluster.unprobed = dict(self.unprobed)
+        self.cluster.seconds_to_ready = time.monotonic() - started
+        unreached = [n for n in names if n not in self._engines]
+        self.progress(
+            f"attached to the swarm at {self.endpoint.url} ({self.endpoint.source}): {len(names)} nodes"
+            + (f"; no engine given for {', '.join(unreached)}" if unreached else "")
+        )
+        return self.cluster
+
+    def _node_engine(self, name: str, node_id: str, url: str) -> docker.DockerClient:
+        """A node's own engine, checked to be that node (a swapped socket would mislead every test)."""
+        tls = None
+        if url.startswith("tcp://") and self.environ.get("DOCKER_TLS_VERIFY", "") not in ("", "0"):
+            tls = tls_config(self.environ.get("DOCKER_CERT_PATH") or os.path.expanduser("~/.docker"), True)
+        try:
+            engine = client_for(url, tls)
+            answered = str((engine.info().get("Swarm") or {}).get("NodeID", ""))
+        except (docker.errors.DockerException, *TRANSIENT) as exc:
+            raise ProvisioningError(
+                f"swarm_attach_nodes {name}:engine={url}: no engine answers there ({exc}); "
+                "fix the URL or leave the node's engine out"
+            ) from exc
+        if answered != node_id:
+            engine.close()
+            raise ProvisioningError(
+                f"swarm_attach_nodes {name}:engine={url} answers as swarm node {answered or '(none)'}, "
+                f"not {name} ({node_id}); give that node's own engine"
+            )
+        return engine
+
+    def attach(self, nodes: Sequence[str]) -> Cluster:
+        """A kept record names an attached swarm: attaching again is the same as ``up``."""
+        return self.up()
+
+    # -- labels ---------------------------------------------------------------------------------
+    def _label(self) -> None:
+        """Add the labels the settings ask for that a node lacks; ``down`` takes them back."""
+        assert self.client is not None
+        raw = {Node(n).name: n for n in self.client.api.nodes()}
+        for name, wanted in self.node_labels.items():
+            if name == "*" or not wanted:
+                continue
+            if name not in raw:
+                if self.labels_given:
+                    raise ProvisioningError(
+                        f"swarm_node_labels names node {name!r}, which is not in the swarm "
+                        f"({', '.join(sorted(raw))})"
+                    )
+                self.progress(f"attach: no node {name} in this swarm; its default labels are not applied")
+                continue
+            node = raw[name]
+            spec = dict(node["Spec"])
+            labels = dict(spec.get("Labels") or {})
+            changed = {k: labels.get(k) for k, v in wanted.items() if labels.get(k) != v}
+            if not changed:
+                continue
+            spec["Labels"] = {**labels, **wanted}
+            self.client.api.update_node(node["ID"], node["Version"]["Index"], spec)
+            self._added_labels[name] = changed
+            self.progress(
+                f"attach: labelled {name} with {', '.join(sorted(changed))} (taken back at the end)"
+            )
+
+    def _unlabel(self) -> None:
+        if self.client is None or not self._added_labels:
+            return
+        raw = {Node(n).name: n for n in self.client.api.nodes()}
+        for name, before in self._added_labels.items():
+            if name not in raw:
+                continue
+            spec = dict(raw[name]["Spec"])
+            labels = dict(spec.get("Labels") or {})
+            for key, value in before.items():
+                if value is None:
+                    labels.pop(key, None)
+                else:
+                    labels[key] = value
+            spec["Labels"] = labels
+            self.client.api.update_node(raw[name]["ID"], raw[name]["Version"]["Index"], spec)
+        self._added_labels.clear()
+
+    # -- images ---------------------------------------------------------------------------------
+    def check_images(self, refs: Sequence[str]) -> None:
+        """Every image on every node, or in a registry the manager can read: else name what lacks.
+
+        Raises:
+            ProvisioningError: one line per image and node that lacks it.
+        """
+        assert self.client is not None
+        wanted = sorted(set(refs))
+        if not wanted:
+            return
+        nodes = sorted(self._addresses)
+        in_registry: dict[str, str] = {}  # ref -> "" when the registry has it, else why not
+
+        def registry(ref: str) -> str:
+            if ref not in in_registry:
+                try:
+                    self.client.api.inspect_distribution(ref)  # type: ignore[union-attr]
+                    in_registry[ref] = ""
+                except docker.errors.APIError as exc:
+                    in_registry[ref] = str(exc.explanation or exc)
+            return in_registry[ref]
+
+        lacking: list[str] = []
+        for ref in wanted:
+            for node in nodes:
+                engine = self._engines.get(node)
+                if engine is not None and images.image_exists(engine, ref):
+                    continue
+                why = registry(ref)
+                if not why:
+                    continue  # the node pulls it when a task starts there
+                where = "not on its engine" if engine is not None else "its engine is not reachable"
+                lacking.append(f"  {ref} on {node} ({where}; not in a registry: {why})")
+        if lacking:
+            raise ProvisioningError(
+                "attach: images the stack needs are missing:\n"
+                + "\n".join(lacking)
+                + "\nput each on its node (docker save REF | docker -H <node engine> load) or push it to "
+                "a registry the nodes pull from; the attach provider does not copy images"
+            )
+
+    def load_images(self, refs: Sequence[str]) -> None:
+        """Nothing is copied to someone else's nodes: only checked (see ``check_images``)."""
+        self.check_images(refs)
+
+    # -- capabilities ---------------------------------------------------------------------------
+    def _probe(self, names: Sequence[str]) -> dict[str, dict[str, bool]]:
+        found: dict[str, dict[str, bool]] = {}
+        for name in names:
+            spec = self.host_spec(name)
+            if spec:
+                found[name] = {IPVS: testinfra.get_host(spec).run(IPVS_PROBE).rc == 0}
+            elif name in self._engines:
+                present, why = probe_ipvs_on_engine(self._engines[name], self.session.labels, self.preload)
+                found[name] = {IPVS: bool(present)}
+                if present is None:
+                    self.unprobed[name] = why
+            else:
+                found[name] = {IPVS: False}
+                self.unprobed[name] = (
+                    f"{name}'s engine and host are unknown (give swarm_attach_nodes {name}:engine=... "
+                    f"or {name}:host=...)"
+                )
+        return found
+
+    # -- what attach can't do -------------------------------------------------------------------
+    def _refuse(self, what: str) -> ProvisioningError:
+        return ProvisioningError(
+            f"{FIXED_NODES} ({what} asked); use --swarm-provider=dind, uml or machine for tests "
+            "that change nodes"
+        )
+
+    def add_node(self, role: str = "worker", labels: Mapping[str, str] | None = None) -> str:
+        raise self._refuse("add_node")
+
+    def remove_node(self, name: str) -> None:
+        raise self._refuse(f"remove_node {name}")
+
+    def stop_node(self, name: str) -> None:
+        raise self._refuse(f"stop_node {name}")
+
+    def start_node(self, name: str) -> None:
+        raise self._refuse(f"start_node {name}")
+
+    # -- places -------------------------------------------------------------------------------
+    def address(self, node: str) -> str:
+        return self._addresses[node]
+
+    def host_spec(self, node: str) -> str:
+        """The testinfra host given for ``node`` (``swarm_attach_nodes NODE:host=``), else ""."""
+        return str(self.overrides.get(node, {}).get("host", ""))
+
+    def keep(self) -> dict[str, str]:
+        return {
+            "provider": self.name,
+            "nodes": ",".join(sorted(self._addresses)),
+            "DOCKER_HOST": self.endpoint.url if self.endpoint else "",
+        }
+
+    def down(self) -> None:
+        """Take back the labels this run added and close the clients; the swarm stays."""
+        try:
+            self._unlabel()
+        finally:
+            for engine in {id(e): e for e in self._engines.values()}.values():
+                engine.close()
+            self._engines.clear()
+            if self.client is not None:
+                self.client.close()
+                self.client = None
+
+
+def node_address(node: Node) -> str:
+    """Status.Addr; a manager may report 0.0.0.0 there, then its ManagerStatus.Addr host part."""
+    addr = node.addr
+    if addr in ("", "0.0.0.0"):
+        manager_addr = str(node.attrs.get("ManagerStatus", {}).get("Addr", ""))
+        addr = manager_addr.rpartition(":")[0] or addr
+    return addr
+
+
+def probe_ipvs_on_engine(
+    engine: docker.DockerClient, labels: Mapping[str, str], preferred: Sequence[str]
+) -> tuple[bool | None, str]:
+    """Does a fresh network namespace on the node's kernel have IPVS? (True/False, or None: unknown).
+
+    A short-lived container with no network, from an image already on the node (the stack's
+    images first), runs the same check as the host probe (without modprobe: it is not privileged).
+    """
+    present = [ref for ref in preferred if images.image_exists(engine, ref)]
+    present += [t for img in engine.api.images() for t in (img.get("RepoTags") or []) if t != "<none>:<none>"]
+    candidates = list(dict.fromkeys(present))[:PROBE_TRIES]
+    if not candidates:
+        return None, "no image on the node to run the IPVS probe in"
+    for ref in candidates:
+        container_id = ""
+        try:
+            created = engine.api.create_container(
+                ref,
+                ["test -d /proc/sys/net/ipv4/vs"],
+                entrypoint=["sh", "-c"],
+                labels=dict(labels),
+                host_config=engine.api.create_host_config(network_mode="none"),
+            )
+            container_id = str(created["Id"])
+            engine.api.start(container_id)
+            code = int(engine.api.wait(container_id, timeout=60)["StatusCode"])
+        except (docker.errors.APIError, *TRANSIENT):
+            continue  # e.g. no sh in this image
+        finally:
+            if container_id:
+                try:
+                    engine.api.remove_container(container_id, force=True)
+                except docker.errors.APIError:
+                    pass  # already gone
+        if code in (0, 1):
+            return code == 0, ""
+    return None, f"the IPVS probe could not run in {', '.join(candidates)} (no sh?)"
