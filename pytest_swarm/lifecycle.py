@@ -13,7 +13,7 @@ from typing import Any
 import docker
 import pytest
 
-from .cluster import Cluster
+from .cluster import Cluster, Node
 from .errors import ConvergenceTimeout, ProvisioningError, StackError, SwarmError
 from .images import prepare_images
 from .ownership import Session, forget_kept, read_kept, write_kept
@@ -45,6 +45,7 @@ class SwarmLifecycle:
         self.stacks: dict[tuple[str, tuple[Path, ...]], DeployedStack] = {}
         self.summary: list[str] = []
         self.timings: list[Timing] = []  # passed tests that declared waits, in the order they ran
+        self.nodes_seen: list[Node] = []  # the cluster's nodes when it came up (for the report)
         self._local: docker.DockerClient | None = None
         self._model: dict[str, Any] | None = None
 
@@ -68,6 +69,11 @@ class SwarmLifecycle:
                 self._error = exc
                 raise
             self._announce(self._cluster)
+        return self._cluster
+
+    @property
+    def brought_up(self) -> Cluster | None:
+        """The cluster of this run if one was brought up or reattached (still set once removed)."""
         return self._cluster
 
     def _provider(self, session: Session, preload: list[str] | None = None) -> Provider:
@@ -151,7 +157,8 @@ class SwarmLifecycle:
     def _announce(self, cluster: Cluster) -> None:
         verb = "reattached" if self.reused else "ready"
         self.progress(f"cluster {self.session.id} {verb} in {cluster.seconds_to_ready:.1f} s")
-        for node in cluster.nodes():
+        self.nodes_seen = cluster.nodes()
+        for node in self.nodes_seen:
             caps = cluster.capabilities.get(node.name, {})
             flags = " ".join(f"{k}={'yes' if v else 'NO'}" for k, v in sorted(caps.items()))
             self.progress(f"  {node.describe()}, {flags}")

@@ -1,6 +1,8 @@
-"""pytest hooks only: options, settings, markers, header, signals and the terminal summary.
+"""pytest hooks only: options, settings, markers, header, signals, the terminal summary and the
+review report.
 
-The work lives in lifecycle.py (cluster and stacks) and fixtures.py (what tests receive).
+The work lives in lifecycle.py (cluster and stacks), fixtures.py (what tests receive), report.py
+(the Markdown report and JUnit properties) and secrets.py (masking).
 """
 
 from __future__ import annotations
@@ -15,14 +17,20 @@ import pytest
 
 from . import evidence, timing
 from .capabilities import FEATURES
-from .errors import SwarmError
+from .errors import StackError, SwarmError
 from .lifecycle import LIFECYCLE, SwarmLifecycle, lifecycle_of
-from .settings import OPTIONS, Settings, SettingsError, resolve
+from .report import Checks, facts_of, reason_of, render, requirement_of, suite_properties, timing_properties
+from .secrets import Masker
+from .settings import OPTIONS, Settings, SettingsError, available_envs, resolve
+from .stack import load_env
 
 pytest_plugins = ["pytest_swarm.fixtures"]
 
 SETTINGS = pytest.StashKey[Settings]()
+MASKER = pytest.StashKey[Masker]()
 _PREVIOUS_SIGTERM = pytest.StashKey[Any]()
+_CHECKS = pytest.StashKey[Checks]()
+_REPORT_OUTCOME = pytest.StashKey[str]()
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -57,8 +65,23 @@ def pytest_configure(config: pytest.Config) -> None:
     except SettingsError as exc:
         raise pytest.UsageError(str(exc)) from exc
     config.stash[SETTINGS] = settings
+    config.stash[MASKER] = _masker(settings)
+    config.stash[_CHECKS] = Checks()
+    config.pluginmanager.register(_CheckRecorder(config.stash[_CHECKS]), "swarm-checks")
     config.stash[LIFECYCLE] = SwarmLifecycle(settings, _progress(config))
     _install_sigterm(config)
+
+
+def _masker(settings: Settings) -> Masker:
+    """Secret values known before any deploy: the environment's and every env file's."""
+    masker = Masker()
+    masker.add(os.environ)
+    for env in available_envs(settings.envs_dir):
+        try:
+            masker.add(load_env(settings.envs_dir / f"{env}.env"))
+        except StackError:
+            continue  # a broken env file stops the run that deploys it, with its own message
+    return masker
 
 
 def _progress(config: pytest.Config) -> Any:
@@ -71,7 +94,7 @@ def _progress(config: pytest.Config) -> Any:
         capture = config.pluginmanager.get_plugin("capturemanager")
         suspended = capture.global_and_fixture_disabled() if capture is not None else nullcontext()
         with suspended:
-            reporter.write_line(f"[swarm] {message}")
+            reporter.write_line(f"[swarm] {config.stash[MASKER](message)}")
 
     return write
 
@@ -114,33 +137,106 @@ def pytest_report_header(config: pytest.Config) -> list[str]:
     return lines
 
 
-@pytest.hookimpl(wrapper=True)
+@pytest.hookimpl(wrapper=True, tryfirst=True)  # outermost: sees the report as xfail left it
 def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Any:
     """A failed test's report carries the evidence of the stacks it used (terminal and JUnit);
-    a passed one's time is split into declared waits and the rest."""
+    a passed one's time is split into declared waits and the rest. Each test's JUnit properties
+    name its lesson requirement and why it did not pass; their secret values are masked."""
+    masker = item.config.stash[MASKER]
+    if call.when == "teardown":  # JUnit takes the teardown report's properties: mask them first
+        item.user_properties[:] = [(k, _masked(v, masker)) for k, v in item.user_properties]
     report = yield
+    if call.when == "setup":
+        requirement = requirement_of(item.nodeid)
+        if requirement is not None:
+            item.user_properties.append(("swarm_requirement", requirement))
     if report.passed and call.when == "call":
         found = timing.timing_of(report.nodeid, report.duration, item.user_properties)
         if found is not None:
             lifecycle_of(item.config).timings.append(found)
+            item.user_properties.extend(timing_properties(found))
     if report.failed and call.when == "call":
         for stack in evidence.stacks_used_by(item):
-            text = evidence.collect(stack, evidence.services_tested_by(item))
+            masker.add(stack.values)
+            text = masker(evidence.collect(stack, evidence.services_tested_by(item)))
             report.sections.append((f"swarm evidence: stack {stack.name}", text))
             item.user_properties.append((f"swarm_evidence_{stack.name}", text))  # JUnit <property>
+    if call.when != "teardown" and (not report.passed or hasattr(report, "wasxfail")):
+        reason = reason_of(report)
+        if reason:
+            item.user_properties.append(("swarm_outcome_reason", masker(reason)))
     return report
+
+
+def _masked(value: object, masker: Masker) -> object:
+    text = str(value)
+    masked = masker(text)
+    return value if masked == text else masked
+
+
+class _CheckRecorder:
+    """Registered for the run: every test phase's final report goes into the run's checks."""
+
+    def __init__(self, checks: Checks) -> None:
+        self.checks = checks
+
+    def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
+        self.checks.add(report)
+
+
+@pytest.hookimpl(tryfirst=True)  # before the junitxml plugin writes its file
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int | pytest.ExitCode) -> None:
+    """The run's facts as JUnit suite properties and, with --swarm-report, as a Markdown file;
+    also when tests failed or the run was interrupted."""
+    config = session.config
+    if LIFECYCLE not in config.stash:
+        return
+    lifecycle, masker = lifecycle_of(config), config.stash[MASKER]
+    for stack in lifecycle.stacks.values():
+        masker.add(stack.values)
+    try:
+        exit_name = pytest.ExitCode(exitstatus).name
+    except ValueError:
+        exit_name = str(exitstatus)
+    facts = facts_of(lifecycle, config.stash[_CHECKS], exit_name)
+    add_suite_property = _junit_suite_property(config)
+    if add_suite_property is not None:
+        for name, value in suite_properties(facts):
+            add_suite_property(name, masker(value))
+    path = lifecycle.settings.report
+    if path is None:
+        return
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(masker(render(facts)), encoding="utf-8")
+        config.stash[_REPORT_OUTCOME] = f"report written to {path}"
+    except OSError as exc:
+        config.stash[_REPORT_OUTCOME] = f"report NOT written to {path}: {exc}"
+
+
+def _junit_suite_property(config: pytest.Config) -> Any:
+    """``add_global_property`` of the junitxml plugin's writer (what the ``record_testsuite_property``
+    fixture hands tests), or None without --junitxml. Found by that method, not by pytest internals."""
+    for plugin in config.pluginmanager.get_plugins():
+        add = getattr(plugin, "add_global_property", None)
+        if callable(add):
+            return add
+    return None
 
 
 def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> None:
     if LIFECYCLE not in config.stash:
         return
+    masker = config.stash[MASKER]
     lines = lifecycle_of(config).summary
+    if config.stash.get(_REPORT_OUTCOME, None):
+        lines = [*lines, config.stash[_REPORT_OUTCOME]]
     if lines:
         terminalreporter.section("swarm")
         for line in lines:
-            terminalreporter.write_line(line)
+            terminalreporter.write_line(masker(line))
     timings = lifecycle_of(config).timings
     if timings:
         terminalreporter.section("swarm timing: declared waits and the rest")
         for found in timings:
-            terminalreporter.write_line(found.describe())
+            terminalreporter.write_line(masker(found.describe()))

@@ -69,6 +69,7 @@ OPTIONS: tuple[Option, ...] = (
     Option("timeout", "seconds a stack gets to converge", "120"),
     Option("stacks", "compose files in deploy order, comma separated", ",".join(DEFAULT_STACKS)),
     Option("envs_dir", "folder holding <env>.env files", "envs"),
+    Option("report", "write a Markdown summary of the run to this file (for a pull request)", ""),
     Option("node_labels", "swarm node labels, NODE:KEY=VALUE", DEFAULT_NODE_LABELS, "linelist"),
     Option("engine_labels", "engine labels, NODE:KEY=VALUE (NODE * = all)", "", "linelist"),
     Option("build", "images built from source, SERVICE=BUILD_CONTEXT", "", "linelist"),
@@ -121,6 +122,7 @@ class Settings:
     timeout: float = 120.0
     stacks: tuple[Path, ...] = ()
     envs_dir: Path = Path("envs")
+    report: Path | None = None  # --swarm-report: the Markdown summary
     node_labels: Labels = field(default_factory=dict)
     engine_labels: Labels = field(default_factory=dict)
     build: Mapping[str, Path] = field(default_factory=dict)
@@ -242,6 +244,7 @@ def resolve(
         timeout=_number("timeout", text("timeout")),
         stacks=stacks,
         envs_dir=envs_dir,
+        report=_report_path(text("report"), path),
         node_labels=parse_node_labels("node_labels", items("node_labels")),
         engine_labels=parse_node_labels("engine_labels", items("engine_labels")),
         build=_service_paths("build", items("build"), path),
@@ -259,6 +262,15 @@ def resolve(
         gce_image=text("gce_image"),
         sources=sources,
     )
+
+
+def _report_path(value: str, path: Callable[[str], Path]) -> Path | None:
+    if not value:
+        return None
+    report = path(value)
+    if report.is_dir():
+        raise SettingsError(f"--swarm-report={value}: {report} is a folder; give a file, e.g. report.md")
+    return report
 
 
 def _side_by_side(named: Sequence[str], env: str | None, envs_dir: Path) -> tuple[str, ...]:

@@ -1,0 +1,184 @@
+"""--swarm-report, the JUnit properties and secret masking, through pytester (no cluster needed)."""
+
+from __future__ import annotations
+
+import os
+import xml.etree.ElementTree as ET
+
+import pytest
+
+SECRET = "hunter2-mongo-pass"  # MONGO_PASSWORD in the project's env file
+TOKEN = "tok-4f9a1c2e7b"  # CI_API_TOKEN in the process environment
+
+SUITE = f"""
+import pytest
+
+def test_passes():
+    pass
+
+def test_fails():
+    assert 1 == 2, "numbers differ:\\n  one is not two"
+
+@pytest.mark.skip(reason="needs IPVS on every node")
+def test_skipped():
+    pass
+
+@pytest.mark.parametrize(
+    "rid", ["L01-mongo-on-the-reliability-high-node", "L02-app-services-only-on-workers"]
+)
+def test_lesson_requirement(rid):
+    assert rid.startswith("L01"), (
+        f"{{rid[:3]}} app services only on workers:\\n"
+        "  ui: placement constraints [], required 'node.role == worker'"
+    )
+
+def test_L15_ui_shows_the_env_of_each_env_file():
+    pytest.skip("only one env file")
+
+def test_leaks_secrets(record_property):
+    record_property("login", "mongo login {SECRET}")
+    assert False, "login failed with {SECRET} and {TOKEN}"
+"""
+
+pytestmark = pytest.mark.usefixtures("clean_swarm_env")
+
+
+@pytest.fixture
+def clean_swarm_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in list(os.environ):
+        if name.startswith("SWARM_"):
+            monkeypatch.delenv(name)
+
+
+@pytest.fixture
+def project(pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch) -> pytest.Pytester:
+    """A project whose env file holds a secret; the environment holds another."""
+    pytester.makefile(".env", **{"envs/dev": f"ENV=DEV\nUI_PORT=9292\nMONGO_PASSWORD={SECRET}\n"})
+    monkeypatch.setenv("CI_API_TOKEN", TOKEN)
+    pytester.makepyfile(test_suite=SUITE)
+    return pytester
+
+
+def run(project: pytest.Pytester, *args: str) -> tuple[pytest.RunResult, str, ET.Element]:
+    result = project.runpytest(
+        "-p", "no:randomly", "--swarm-report=out/report.md", "--junitxml=junit.xml", *args
+    )
+    report = (project.path / "out" / "report.md").read_text()
+    junit = ET.parse(project.path / "junit.xml").getroot()
+    return result, report, junit
+
+
+def case_properties(junit: ET.Element, name: str) -> dict[str, str]:
+    case = next(c for c in junit.iter("testcase") if c.get("name") == name)
+    return {p.get("name", ""): p.get("value", "") for p in case.iter("property")}
+
+
+def test_report_has_verdict_settings_lesson_lines_and_one_line_per_check(project: pytest.Pytester) -> None:
+    result, report, _ = run(project)
+    result.assert_outcomes(passed=2, failed=3, skipped=2)
+    lines = report.splitlines()
+    assert lines[0] == "# pytest-swarm: FAILED (2 passed, 3 failed, 2 skipped)"
+    assert "| env | - (no --swarm-env) |" in lines
+    assert "| provider | dind |" in lines
+    assert "| cluster | none brought up |" in lines
+    assert "| pytest exit | TESTS_FAILED |" in lines
+    assert "| L01 mongo on the reliability=high node | pass |  |" in lines
+    assert (
+        "| L02 app services only on workers | FAIL | L02 app services only on workers: "
+        "ui: placement constraints [], required 'node.role == worker' |"
+    ) in lines
+    assert "| L03 app services run at least 3 replicas | not run |  |" in lines
+    assert "| L15 ui shows the env it runs in | skip | only one env file |" in lines
+    checks = [line for line in lines if line.startswith("| test_suite.py::")]
+    assert len(checks) == 7
+    assert checks[0].startswith("| test_suite.py::test_passes | pass | ")
+    assert checks[1].startswith("| test_suite.py::test_fails | FAIL | ")
+    assert checks[1].endswith(" s | numbers differ: one is not two |")
+    assert checks[2].endswith("| skip | 0.0 s | needs IPVS on every node |")
+    result.stdout.fnmatch_lines(["*swarm*", f"report written to {project.path / 'out' / 'report.md'}"])
+
+
+def test_junit_carries_requirement_reason_and_session_properties(project: pytest.Pytester) -> None:
+    _, _, junit = run(project)
+    suite = {p.get("name"): p.get("value") for p in junit.find("testsuite").find("properties")}  # type: ignore[union-attr]
+    assert suite["swarm_env"] == "-"
+    assert suite["swarm_provider"] == "dind"
+    assert suite["swarm_verdict"] == "FAILED"
+    assert suite["swarm_cluster"] == "none brought up"
+    l02 = case_properties(junit, "test_lesson_requirement[L02-app-services-only-on-workers]")
+    assert l02["swarm_requirement"] == "L02 app services only on workers"
+    assert l02["swarm_outcome_reason"].startswith("L02 app services only on workers: ui: placement")
+    l01 = case_properties(junit, "test_lesson_requirement[L01-mongo-on-the-reliability-high-node]")
+    assert l01 == {"swarm_requirement": "L01 mongo on the reliability=high node"}
+    assert case_properties(junit, "test_skipped") == {"swarm_outcome_reason": "needs IPVS on every node"}
+
+
+def test_secrets_are_masked_in_the_report_and_junit_properties(project: pytest.Pytester) -> None:
+    _, report, junit = run(project)
+    assert "| test_suite.py::test_leaks_secrets | FAIL |" in report
+    assert "login failed with *** and *** |" in report
+    assert SECRET not in report and TOKEN not in report
+    leaked = case_properties(junit, "test_leaks_secrets")
+    assert leaked["login"] == "mongo login ***"
+    assert leaked["swarm_outcome_reason"] == "login failed with *** and ***"
+    values = [p.get("value", "") for p in junit.iter("property")]
+    assert not [v for v in values if SECRET in v or TOKEN in v]
+
+
+def test_progress_lines_and_summary_are_masked(project: pytest.Pytester) -> None:
+    project.makepyfile(
+        test_suite=f"""
+from pytest_swarm.lifecycle import lifecycle_of
+
+def test_talks(request):
+    lifecycle = lifecycle_of(request.config)
+    lifecycle.progress("deploying with {SECRET}")
+    lifecycle.summary.append("stack DEV used token {TOKEN}")
+"""
+    )
+    result = project.runpytest("-p", "no:randomly", "-s")
+    result.assert_outcomes(passed=1)
+    result.stdout.fnmatch_lines(["[[]swarm[]] deploying with ***", "stack DEV used token ***"])
+    assert SECRET not in result.stdout.str() and TOKEN not in result.stdout.str()
+
+
+def test_an_interrupted_run_still_writes_its_report(project: pytest.Pytester) -> None:
+    project.makepyfile(
+        test_suite="""
+def test_first():
+    pass
+
+def test_interrupted():
+    raise KeyboardInterrupt
+
+def test_never_reached():
+    pass
+"""
+    )
+    # inline_run, told not to re-raise the inner run's Ctrl-C into this test
+    recorded = project.inline_run("-p", "no:randomly", "--swarm-report=out/report.md", no_reraise_ctrlc=True)
+    assert recorded.ret == pytest.ExitCode.INTERRUPTED
+    lines = (project.path / "out" / "report.md").read_text().splitlines()
+    assert lines[0] == "# pytest-swarm: INTERRUPTED (1 passed, 1 interrupted)"
+    assert "| pytest exit | INTERRUPTED |" in lines
+    assert any(line.startswith("| test_suite.py::test_first | pass |") for line in lines)
+    assert any(line.startswith("| test_suite.py::test_interrupted | INTERRUPTED |") for line in lines)
+    assert not any("test_never_reached" in line for line in lines)
+
+
+def test_no_report_option_writes_no_file(project: pytest.Pytester) -> None:
+    project.runpytest("-p", "no:randomly").assert_outcomes(passed=2, failed=3, skipped=2)
+    assert not [p for p in project.path.rglob("*.md") if ".pytest_cache" not in p.parts]
+
+
+def test_report_option_naming_a_folder_is_a_usage_error(project: pytest.Pytester) -> None:
+    (project.path / "out").mkdir()
+    result = project.runpytest("--swarm-report=out")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(["*--swarm-report=out: * is a folder; give a file, e.g. report.md*"])
+
+
+def test_report_path_from_the_environment(project: pytest.Pytester, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SWARM_REPORT", "from-env.md")
+    project.runpytest("-p", "no:randomly")
+    assert (project.path / "from-env.md").read_text().startswith("# pytest-swarm: FAILED")
