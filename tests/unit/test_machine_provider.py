@@ -38,11 +38,14 @@ from pytest_swarm.settings import DEFAULT_GCE_IMAGE, resolve
 SECRET = "/secret/gce-key.json"
 
 STAND_IN = r"""
-import json, os, sys, time
+import fcntl, json, os, sys, time
 state = os.environ["STANDIN_DIR"]
 args = sys.argv[1:]
 with open(os.path.join(state, "calls", f"{time.time_ns()}-{os.getpid()}.json"), "w") as f:
     json.dump({"argv": args, "env": sorted(os.environ)}, f)
+# Machines are created in parallel: one call at a time reads and writes the store.
+lock = open(os.path.join(state, "store.lock"), "w")
+fcntl.flock(lock, fcntl.LOCK_EX)
 store_file = os.path.join(state, "store.json")
 store = json.load(open(store_file)) if os.path.exists(store_file) else {}
 config = json.load(open(os.path.join(state, "config.json")))
