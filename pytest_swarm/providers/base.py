@@ -6,17 +6,19 @@ them, labelling and waiting for readiness is the same everywhere, so it lives he
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Protocol, TypeVar
 
 import docker
 import docker.errors
 import requests
 
+from .. import images
 from ..cluster import Cluster, Node
-from ..errors import ProvisioningError
+from ..errors import ImageBuildError, ProvisioningError
 from ..waiting import Poll, wait_for
 
 T = TypeVar("T")
@@ -89,6 +91,80 @@ def join(engine: Engine, manager_address: str, token: str) -> None:
         raise ProvisioningError(
             f"{engine.name} could not join the swarm at {manager_address}:2377: {exc.explanation}"
         ) from exc
+
+
+def new_node_name(role: str, taken: Collection[str]) -> str:
+    """The first free ``worker-N`` (or ``master-N`` for a manager)."""
+    prefix = "master" if role == "manager" else "worker"
+    return next(f"{prefix}-{i}" for i in range(1, 1000) if f"{prefix}-{i}" not in taken)
+
+
+def join_as(manager: Engine, engine: Engine, role: str) -> None:
+    """Join ``engine`` to the manager's swarm as a worker or a manager."""
+    token = manager.client.swarm.attrs["JoinTokens"]["Manager" if role == "manager" else "Worker"]
+    join(engine, manager.address, token)
+
+
+def admit(cluster: Cluster, name: str, engine: Engine, capabilities: Mapping[str, dict[str, bool]]) -> None:
+    """Record a node that joined during the run in the cluster's tables."""
+    cluster.addresses[name] = engine.address
+    cluster.engines[name] = engine.client
+    cluster.capabilities.update(capabilities)
+
+
+def leave(manager: docker.DockerClient, engine: Engine) -> str | None:
+    """``engine`` leaves the swarm (if it still can); returns its node id for ``forget``."""
+    node_id = next(
+        (n["ID"] for n in manager.api.nodes() if n["Description"]["Hostname"] == engine.name), None
+    )
+    try:
+        engine.client.swarm.leave(force=True)
+    except TRANSIENT:
+        pass  # a stopped node can't leave; the manager forgets it
+    return node_id
+
+
+def forget(manager: docker.DockerClient, cluster: Cluster | None, name: str, node_id: str | None) -> None:
+    """Drop a removed node from the swarm's node list and from the cluster's tables."""
+    if node_id is not None:
+        manager.api.remove_node(node_id, force=True)
+    if cluster is not None:
+        for table in (cluster.addresses, cluster.engines, cluster.capabilities):
+            table.pop(name, None)
+
+
+def copy_images(
+    engines: Mapping[str, docker.DockerClient],
+    refs: Sequence[str],
+    tar: Path,
+    load: Callable[[str, Path], None] | None = None,
+) -> tuple[list[str], list[str]]:
+    """Make ``refs`` present on every engine: one ``docker save`` of those missing anywhere,
+    loaded in parallel where they lack, then checked on each of those engines.
+
+    ``load(node, tar)`` loads on one node (default: through its client). Returns the images
+    copied and the nodes they were loaded on (both empty when every node had everything).
+    """
+    wanted = sorted(set(refs))
+    lacking = {n: [r for r in wanted if not images.image_exists(c, r)] for n, c in engines.items()}
+    missing = sorted({r for refs_ in lacking.values() for r in refs_})
+    nodes = [n for n, refs_ in lacking.items() if refs_]
+    if not missing:
+        return [], []
+
+    def load_through_client(node: str, path: Path) -> None:
+        images.load_image_file(engines[node], path)
+
+    images.save_images(missing, tar)
+    try:
+        parallel(lambda node: (load or load_through_client)(node, tar), nodes)
+    finally:
+        tar.unlink(missing_ok=True)
+    still = {n: [r for r in lacking[n] if not images.image_exists(engines[n], r)] for n in nodes}
+    if any(still.values()):
+        lost = {n: r for n, r in still.items() if r}
+        raise ImageBuildError(f"images missing on nodes after docker load: {lost}")
+    return missing, nodes
 
 
 def apply_node_labels(client: docker.DockerClient, labels: Mapping[str, Mapping[str, str]]) -> None:

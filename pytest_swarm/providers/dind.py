@@ -20,7 +20,7 @@ import docker.errors
 from .. import images
 from ..capabilities import probe_capabilities
 from ..cluster import Cluster
-from ..errors import EngineUnreachable, ImageBuildError, ProvisioningError
+from ..errors import EngineUnreachable, ProvisioningError
 from ..ownership import (
     OWNER_LABEL,
     SESSION_LABEL,
@@ -35,10 +35,15 @@ from ..ownership import (
 from .base import (
     TRANSIENT,
     Engine,
+    admit,
     apply_node_labels,
+    copy_images,
     engine_client,
+    forget,
     form_swarm,
-    join,
+    join_as,
+    leave,
+    new_node_name,
     parallel,
     wait_engine,
     wait_ready,
@@ -241,21 +246,15 @@ class DindProvider:
         """Start a new node (worker-N+1 or master-N+1) and join it; returns its name."""
         if self.cluster is None:
             raise ProvisioningError("add_node needs a running cluster (call up() first)")
-        prefix = "master" if role == "manager" else "worker"
-        taken = set(self._engines)
-        number = next(i for i in range(1, 1000) if f"{prefix}-{i}" not in taken)
-        name = f"{prefix}-{number}"
+        name = new_node_name(role, self._engines)
         engine = self._start_node(name)
         self.load_images(sorted(self._images))  # what the stacks run, before tasks land there
         manager = self._engines["master-1"]
-        token = manager.client.swarm.attrs["JoinTokens"]["Manager" if role == "manager" else "Worker"]
-        join(engine, manager.address, token)
+        join_as(manager, engine, role)
         self._wait_ready(list(self._engines))
         if labels:
             apply_node_labels(manager.client, {name: labels})
-        self.cluster.addresses[name] = engine.address
-        self.cluster.engines[name] = engine.client
-        self.cluster.capabilities.update(probe_capabilities(self, [name]))
+        admit(self.cluster, name, engine, probe_capabilities(self, [name]))
         self.progress(f"node {name} joined as {role}")
         return name
 
@@ -264,19 +263,9 @@ class DindProvider:
         if name == "master-1":
             raise ProvisioningError("master-1 is the manager of this cluster and can't be removed")
         manager = self._engines["master-1"].client
-        engine = self._engines.pop(name)
-        node_id = next((n["ID"] for n in manager.api.nodes() if n["Description"]["Hostname"] == name), None)
-        try:
-            engine.client.swarm.leave(force=True)
-        except TRANSIENT:
-            pass  # a stopped node can't leave; the manager forgets it below
+        node_id = leave(manager, self._engines.pop(name))
         self._remove_container(name)
-        if node_id is not None:
-            manager.api.remove_node(node_id, force=True)
-        if self.cluster is not None:
-            self.cluster.addresses.pop(name, None)
-            self.cluster.engines.pop(name, None)
-            self.cluster.capabilities.pop(name, None)
+        forget(manager, self.cluster, name, node_id)
 
     def stop_node(self, name: str) -> None:
         """A node failure: its container is killed (no clean shutdown of its engine)."""
@@ -291,36 +280,13 @@ class DindProvider:
 
     def load_images(self, refs: Sequence[str]) -> None:
         """Make ``refs`` present on every node: one ``docker save``, loaded in parallel."""
-        wanted = sorted(set(refs))
-        self._images.update(wanted)
-        lacking = {
-            n: [r for r in wanted if not images.image_exists(e.client, r)] for n, e in self._engines.items()
-        }
-        missing = sorted({r for refs_ in lacking.values() for r in refs_})
-        if not missing:
-            return
+        self._images.update(refs)
         started = time.monotonic()
-        tar = self.session.run_dir / "images.tar"
-        images.save_images(missing, tar)
-        try:
-            parallel(
-                lambda n: images.load_image_file(self._engines[n].client, tar),
-                [n for n, r in lacking.items() if r],
-            )
-        finally:
-            tar.unlink(missing_ok=True)
-        still = {
-            n: [r for r in refs_ if not images.image_exists(self._engines[n].client, r)]
-            for n, refs_ in lacking.items()
-        }
-        if any(still.values()):
-            raise ImageBuildError(
-                f"images missing on nodes after docker load: { {n: r for n, r in still.items() if r} }"
-            )
-        self.progress(
-            f"images loaded on {sum(1 for r in lacking.values() if r)} nodes in "
-            f"{time.monotonic() - started:.1f} s: {', '.join(missing)}"
-        )
+        clients = {n: e.client for n, e in self._engines.items()}
+        copied, nodes = copy_images(clients, refs, self.session.run_dir / "images.tar")
+        if copied:
+            took = time.monotonic() - started
+            self.progress(f"images loaded on {len(nodes)} nodes in {took:.1f} s: {', '.join(copied)}")
 
     def keep(self) -> dict[str, str]:
         """What a later run needs to reach this cluster again."""

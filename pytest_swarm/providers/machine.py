@@ -36,10 +36,23 @@ from .. import images
 from ..capabilities import probe_capabilities
 from ..cluster import Cluster
 from ..commands import TLS_CERT_PATHS
-from ..errors import ImageBuildError, ProvisioningError
+from ..errors import ProvisioningError
 from ..ownership import RUN_ROOT, Session, is_kept, owner_alive, remove_run_dir
 from .attach import client_for, tls_config
-from .base import TRANSIENT, Engine, apply_node_labels, form_swarm, join, parallel, wait_ready
+from .base import (
+    TRANSIENT,
+    Engine,
+    admit,
+    apply_node_labels,
+    copy_images,
+    forget,
+    form_swarm,
+    join_as,
+    leave,
+    new_node_name,
+    parallel,
+    wait_ready,
+)
 
 STATE_FILE = "machine.json"
 CREATE_TIMEOUT = 900.0  # a GCE machine with docker installed by the provisioner: minutes
@@ -485,21 +498,17 @@ class MachineProvider:
     def add_node(self, role: str = "worker", labels: Mapping[str, str] | None = None) -> str:
         if self.cluster is None:
             raise ProvisioningError("add_node needs a running cluster (call up() first)")
-        prefix = "master" if role == "manager" else "worker"
-        name = next(f"{prefix}-{i}" for i in range(1, 1000) if f"{prefix}-{i}" not in self._engines)
+        name = new_node_name(role, self._engines)
         self.machines.create(name)
         engine = self._connect(name)
         self.load_images(sorted(self._images))
         manager = self._engines[self.names[0]]
-        token = manager.client.swarm.attrs["JoinTokens"]["Manager" if role == "manager" else "Worker"]
-        join(engine, manager.address, token)
+        join_as(manager, engine, role)
         self.names.append(name)
         wait_ready(manager.client, self.names, self.settings.timeout)
         if labels:
             apply_node_labels(manager.client, {name: labels})
-        self.cluster.addresses[name] = engine.address
-        self.cluster.engines[name] = engine.client
-        self.cluster.capabilities.update(probe_capabilities(self, [name]))
+        admit(self.cluster, name, engine, probe_capabilities(self, [name]))
         return name
 
     def remove_node(self, name: str) -> None:
@@ -509,19 +518,10 @@ class MachineProvider:
         if name not in self.machines.state.created:
             raise ProvisioningError(f"machine {name} was not created by this run; it is never removed")
         manager = self._engines[self.names[0]].client
-        engine = self._engines.pop(name)
-        node_id = next((n["ID"] for n in manager.api.nodes() if n["Description"]["Hostname"] == name), None)
-        try:
-            engine.client.swarm.leave(force=True)
-        except TRANSIENT:
-            pass  # a stopped machine can't leave; the manager forgets it below
+        node_id = leave(manager, self._engines.pop(name))
         self.machines.remove(name)
-        if node_id is not None:
-            manager.api.remove_node(node_id, force=True)
         self.names.remove(name)
-        if self.cluster is not None:
-            for table in (self.cluster.addresses, self.cluster.engines, self.cluster.capabilities):
-                table.pop(name, None)
+        forget(manager, self.cluster, name, node_id)
 
     def stop_node(self, name: str) -> None:
         self.machines.cli.run(["stop", name], timeout=CREATE_TIMEOUT)
@@ -533,31 +533,10 @@ class MachineProvider:
 
     def load_images(self, refs: Sequence[str]) -> None:
         """Copy what the stack needs to every machine's engine: one ``docker save``, loaded in parallel."""
-        wanted = sorted(set(refs))
-        self._images.update(wanted)
-        lacking = {
-            n: [r for r in wanted if not images.image_exists(e.client, r)] for n, e in self._engines.items()
-        }
-        missing = sorted({r for refs_ in lacking.values() for r in refs_})
-        if not missing:
-            return
+        self._images.update(refs)
         self.session.make_run_dir()
-        tar = self.session.run_dir / "images.tar"
-        images.save_images(missing, tar)
-        try:
-            parallel(
-                lambda n: images.load_image_file(self._engines[n].client, tar),
-                [n for n, r in lacking.items() if r],
-            )
-        finally:
-            tar.unlink(missing_ok=True)
-        still = {
-            n: [r for r in wanted if not images.image_exists(self._engines[n].client, r)] for n in lacking
-        }
-        if any(still.values()):
-            raise ImageBuildError(
-                f"images missing on machines after docker load: { {n: r for n, r in still.items() if r} }"
-            )
+        clients = {n: e.client for n, e in self._engines.items()}
+        copy_images(clients, refs, self.session.run_dir / "images.tar")
 
     def address(self, node: str) -> str:
         return self._engines[node].address

@@ -55,10 +55,15 @@ from .base import (
     API_VERSION,
     TRANSIENT,
     Engine,
+    admit,
     apply_node_labels,
+    copy_images,
     engine_client,
+    forget,
     form_swarm,
-    join,
+    join_as,
+    leave,
+    new_node_name,
     parallel,
     wait_engine,
     wait_ready,
@@ -929,20 +934,16 @@ class UmlProvider:
         """Boot a new node (worker-N+1 or master-N+1) and join it; returns its name."""
         if self.cluster is None:
             raise ProvisioningError("add_node needs a running cluster (call up() first)")
-        prefix = "master" if role == "manager" else "worker"
-        name = next(f"{prefix}-{i}" for i in range(1, 1000) if f"{prefix}-{i}" not in self._state["nodes"])
+        name = new_node_name(role, self._state["nodes"])
         self._plan_node(name, int(self._state["next_index"]))
         engine = self._start_node(name)
         self.load_images(sorted(self._images))  # those loaded after boot; preloaded ones are on disk
         manager = self._engines["master-1"]
-        token = manager.client.swarm.attrs["JoinTokens"]["Manager" if role == "manager" else "Worker"]
-        join(engine, manager.address, token)
+        join_as(manager, engine, role)
         self._wait_ready(list(self._engines))
         if labels:
             apply_node_labels(manager.client, {name: labels})
-        self.cluster.addresses[name] = engine.address
-        self.cluster.engines[name] = engine.client
-        self.cluster.capabilities.update(probe_capabilities(self, [name]))
+        admit(self.cluster, name, engine, probe_capabilities(self, [name]))
         self.progress(f"node {name} joined as {role}")
         return name
 
@@ -952,11 +953,7 @@ class UmlProvider:
             raise ProvisioningError("master-1 is the manager of this cluster and can't be removed")
         manager = self._engines["master-1"].client
         engine = self._engines.pop(name)
-        node_id = next((n["ID"] for n in manager.api.nodes() if n["Description"]["Hostname"] == name), None)
-        try:
-            engine.client.swarm.leave(force=True)
-        except TRANSIENT:
-            pass  # a stopped node can't leave; the manager forgets it below
+        node_id = leave(manager, engine)
         engine.client.close()
         self._kill_node(name)
         problem = _delete_link(self._node(name).get("tap"))
@@ -964,12 +961,7 @@ class UmlProvider:
             self._state["nodes"].pop(name)
             self._save_state()
         shutil.rmtree(self._node_dir(name), ignore_errors=True)
-        if node_id is not None:
-            manager.api.remove_node(node_id, force=True)
-        if self.cluster is not None:
-            self.cluster.addresses.pop(name, None)
-            self.cluster.engines.pop(name, None)
-            self.cluster.capabilities.pop(name, None)
+        forget(manager, self.cluster, name, node_id)
         if problem:
             raise ProvisioningError(f"{name} removed, but its tap remains: {problem}")
 
@@ -1002,19 +994,10 @@ class UmlProvider:
 
     def load_images(self, refs: Sequence[str]) -> None:
         """Make ``refs`` present on every node, over each node's engine socket (slow: preload instead)."""
-        wanted = sorted(set(refs))
-        self._images.update(wanted)
-        lacking = {
-            n: [r for r in wanted if not images.image_exists(e.client, r)] for n, e in self._engines.items()
-        }
-        missing = sorted({r for refs_ in lacking.values() for r in refs_})
-        if not missing:
-            return
+        self._images.update(refs)
         started = time.monotonic()
-        tar = self.run_dir / "images.tar"
-        images.save_images(missing, tar)
 
-        def load(node: str) -> None:
+        def load(node: str, tar: Path) -> None:
             # A client of its own: a load over the node's tap can outlast the usual 120 s timeout.
             client = docker.DockerClient(base_url=self.socket_url(node), version=API_VERSION, timeout=1800)
             try:
@@ -1022,14 +1005,13 @@ class UmlProvider:
             finally:
                 client.close()
 
-        try:
-            parallel(load, [n for n, r in lacking.items() if r])
-        finally:
-            tar.unlink(missing_ok=True)
-        self.progress(
-            f"images loaded over the network on {sum(1 for r in lacking.values() if r)} UML nodes in "
-            f"{time.monotonic() - started:.1f} s: {', '.join(missing)} (preload them to skip this)"
-        )
+        clients = {n: e.client for n, e in self._engines.items()}
+        copied, nodes = copy_images(clients, refs, self.run_dir / "images.tar", load)
+        if copied:
+            self.progress(
+                f"images loaded over the network on {len(nodes)} UML nodes in "
+                f"{time.monotonic() - started:.1f} s: {', '.join(copied)} (preload them to skip this)"
+            )
 
     def keep(self) -> dict[str, str]:
         """What a later run needs to reach this cluster again."""
