@@ -1,5 +1,6 @@
 """The app works across the cluster: ui reaches post and comment by service name (VIPs), post
-reaches mongo; a post added through one node's address is read back through another's.
+reaches mongo; a post added through one node's address is read back through another's, also
+after the database's task was killed and swarm started another.
 """
 
 from __future__ import annotations
@@ -13,6 +14,30 @@ import requests
 from pytest_swarm.cluster import Cluster
 from pytest_swarm.settings import Settings
 from pytest_swarm.stack import DeployedStack
+from pytest_swarm.waiting import Poll, wait_for
+
+
+def ui_port(swarm_stack: DeployedStack, swarm_settings: Settings) -> int:
+    ui = swarm_settings.lesson_services.get("ui", "ui")
+    port = swarm_stack.published_port(ui)
+    if port is None:
+        pytest.skip(f"{ui} publishes no port")
+    return port
+
+
+def add_post(address: str, port: int) -> tuple[str, str]:
+    """Add a post through ``address``; returns its title and id."""
+    title = f"acceptance {uuid.uuid4().hex[:8]}"
+    created = requests.post(
+        f"http://{address}:{port}/new",
+        data={"title": title, "link": "http://example.test/"},
+        timeout=10,
+        allow_redirects=False,
+    )
+    assert created.status_code == 303, (
+        f"adding a post through {address} answered {created.status_code}: {created.text}"
+    )
+    return title, re.sub(r".*/post/", "", created.headers["Location"])
 
 
 @pytest.mark.needs_vip
@@ -20,22 +45,9 @@ from pytest_swarm.stack import DeployedStack
 def test_a_post_added_on_one_node_is_read_on_another(
     swarm: Cluster, swarm_stack: DeployedStack, swarm_settings: Settings
 ) -> None:
-    ui = swarm_settings.lesson_services.get("ui", "ui")
-    port = swarm_stack.published_port(ui)
-    if port is None:
-        pytest.skip(f"{ui} publishes no port")
+    port = ui_port(swarm_stack, swarm_settings)
     first, second = [swarm.addresses[n] for n in sorted(swarm.addresses)[:2]]
-    title = f"acceptance {uuid.uuid4().hex[:8]}"
-    created = requests.post(
-        f"http://{first}:{port}/new",
-        data={"title": title, "link": "http://example.test/"},
-        timeout=10,
-        allow_redirects=False,
-    )
-    assert created.status_code == 303, (
-        f"adding a post through {first} answered {created.status_code}: {created.text}"
-    )
-    post_id = re.sub(r".*/post/", "", created.headers["Location"])
+    title, post_id = add_post(first, port)
 
     page = requests.get(f"http://{second}:{port}/", timeout=10)
     assert title in page.text, f"the post added through {first} is not listed through {second}"
@@ -53,3 +65,44 @@ def test_a_post_added_on_one_node_is_read_on_another(
     assert "looks right" in shown and "unavailable" not in shown, shown
     votes = re.search(r'class="votes">(-?\d+)<', shown)
     assert votes and int(votes.group(1)) >= 1, "the vote did not reach post"
+
+
+@pytest.mark.needs_vip
+@pytest.mark.needs_routing_mesh
+def test_a_post_survives_a_restart_of_the_database_task(
+    swarm: Cluster, swarm_stack: DeployedStack, swarm_settings: Settings
+) -> None:
+    port = ui_port(swarm_stack, swarm_settings)
+    mongo = swarm_settings.lesson_services.get("mongo", "mongo")
+    first, second = [swarm.addresses[n] for n in sorted(swarm.addresses)[:2]]
+    title, _ = add_post(first, port)
+
+    service = swarm_stack.service(mongo)
+    tasks = service.running_tasks()
+    assert tasks, f"{mongo} has no running task: {service.last_error()}"
+    task = tasks[0]
+    node = swarm.node_names_by_id()[task.node_id]
+    engine = swarm.engines.get(node)
+    if engine is None:
+        pytest.skip(f"no engine of {node} is reachable to kill the {mongo} task on")
+    engine.containers.get(task.container_id).kill()
+
+    def replaced() -> Poll[str]:
+        running = [t for t in service.running_tasks() if t.id != task.id]
+        return Poll(bool(running), f"running {mongo} tasks: {[t.id[:12] for t in running] or 'none'}")
+
+    wait_for(
+        replaced, what=f"swarm to start another {mongo} task", timeout=swarm_settings.timeout, interval=1
+    )
+
+    def listed() -> Poll[None]:
+        page = requests.get(f"http://{second}:{port}/", timeout=10)
+        return Poll(title in page.text, f"{page.status_code}, post listed: {title in page.text}")
+
+    wait_for(
+        listed,
+        what=f"the post added before {mongo} was killed, listed through {second}",
+        timeout=swarm_settings.timeout,
+        interval=1,
+        transient=(requests.RequestException,),
+    )
