@@ -23,6 +23,12 @@ PARAMETERS: dict[str, Callable[[Spec], bool]] = {
     "limited_service": lambda spec: declared.limits(spec) != declared.Limits(None, None),
     "restarting_service": lambda spec: declared.restart_policy(spec) is not None,
     "updated_service": lambda spec: "update_config" in declared.deploy_section(spec),
+    # scaled up and down: replicated, and no volume its replicas would share
+    "stateless_service": lambda spec: declared.replicas(spec) is not None and not spec.get("volumes"),
+    # requests sent through the published port while an update runs
+    "published_updated_service": lambda spec: (
+        "update_config" in declared.deploy_section(spec) and bool(spec.get("ports"))
+    ),
 }
 
 

@@ -9,8 +9,6 @@ from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-import pytest
-
 from pytest_swarm.cluster import Cluster, Service
 from pytest_swarm.commands import run_docker
 from pytest_swarm.placement import eligible
@@ -60,29 +58,20 @@ def scaled_back(stack: DeployedStack, service: Service, timeout: float) -> Itera
         scale(stack, service, original, timeout)
 
 
-def stateless_or_skip(stack: DeployedStack, service: str) -> None:
-    volumes = stack.declared(service).get("volumes") or []
-    if volumes:
-        pytest.skip(
-            f"{service} mounts volumes {[v.get('source', v) for v in volumes]}: replicas would share them"
-        )
-
-
 def test_scale_up_and_down_converges_evenly(
-    swarm: Cluster, swarm_stack: DeployedStack, swarm_settings: Settings, replicated_service: str
+    swarm: Cluster, swarm_stack: DeployedStack, swarm_settings: Settings, stateless_service: str
 ) -> None:
-    stateless_or_skip(swarm_stack, replicated_service)
-    service = swarm_stack.service(replicated_service)
+    service = swarm_stack.service(stateless_service)
     with scaled_back(swarm_stack, service, swarm_settings.timeout) as original:
         scale(swarm_stack, service, original + 2, swarm_settings.timeout)
         counts = spread(swarm, service)
         assert max(counts.values()) - min(counts.values()) <= 1, (
-            f"{replicated_service} scaled to {original + 2}: tasks per eligible node {counts}"
+            f"{stateless_service} scaled to {original + 2}: tasks per eligible node {counts}"
         )
         scale(swarm_stack, service, original, swarm_settings.timeout)
         counts = spread(swarm, service)
         assert max(counts.values()) - min(counts.values()) <= 1, (
-            f"{replicated_service} scaled back to {original}: tasks per eligible node {counts}"
+            f"{stateless_service} scaled back to {original}: tasks per eligible node {counts}"
         )
 
 

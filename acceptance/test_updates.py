@@ -207,14 +207,15 @@ def test_a_failing_version_is_rolled_back_or_paused(
 
 @pytest.mark.needs_routing_mesh
 def test_the_published_port_keeps_answering_during_an_update(
-    swarm: Cluster, swarm_stack: DeployedStack, updated_service: str, record_property: Any
+    swarm: Cluster, swarm_stack: DeployedStack, published_updated_service: str, record_property: Any
 ) -> None:
-    port = swarm_stack.published_port(updated_service)
+    name = published_updated_service
+    port = swarm_stack.published_port(name)
     if port is None:
-        pytest.skip(f"{updated_service} publishes no port")
-    spec = swarm_stack.declared(updated_service)
+        pytest.skip(f"{name} publishes no port")
+    spec = swarm_stack.declared(name)
     config = declared.update_config(spec)
-    service = swarm_stack.service(updated_service)
+    service = swarm_stack.service(name)
     original = service.image
     target = variant_or_skip(swarm, service, "next")
     deadline = update_deadline(spec, config)
@@ -228,9 +229,9 @@ def test_the_published_port_keeps_answering_during_an_update(
         failures = [a for a in answers if a.status != 200]
         record_property("requests_during_update", len(answers))
         record_property("failed_requests_during_update", len(failures))
-        print(f"{updated_service} ({config.order}): {len(failures)} of {len(answers)} requests failed")
+        print(f"{name} ({config.order}): {len(failures)} of {len(answers)} requests failed")
         if config.order == "start-first":
-            assert not failures, f"{updated_service}: start-first, yet {len(failures)} requests failed"
-        assert service.update_state == "completed", f"{updated_service}: update ended {service.update_state}"
+            assert not failures, f"{name}: start-first, yet {len(failures)} requests failed"
+        assert service.update_state == "completed", f"{name}: update ended {service.update_state}"
     finally:
         restore(swarm_stack, service, original, deadline)

@@ -16,7 +16,6 @@ from .stack import DeployedStack
 
 LOG_LINES = 50
 DEPLOYED = pytest.StashKey[list[DeployedStack]]()
-SERVICE_PARAMETERS = ("service", "replicated_service", "global_service")
 
 
 def stacks_used_by(item: pytest.Item) -> list[DeployedStack]:
@@ -28,10 +27,10 @@ def stacks_used_by(item: pytest.Item) -> list[DeployedStack]:
 
 
 def services_tested_by(item: pytest.Item) -> list[str]:
-    """The service a per-service test ran for (its parameter), if any."""
+    """The service a per-service test ran for (its ``service`` or ``*_service`` parameter), if any."""
     callspec = getattr(item, "callspec", None)
     params = callspec.params if callspec is not None else {}
-    return [str(params[name]) for name in SERVICE_PARAMETERS if name in params]
+    return [str(value) for name, value in params.items() if name == "service" or name.endswith("_service")]
 
 
 def _section(title: str, body: str) -> str:
