@@ -1,4 +1,6 @@
-"""``python -m pytest_swarm down [ROOTDIR]``: remove the cluster kept for a project."""
+"""``python -m pytest_swarm down [ROOTDIR]``: remove the cluster kept for a project.
+``python -m pytest_swarm sweep``: remove what earlier runs on this machine left behind (their
+pytest process is gone, their cluster was not kept), by each run's own record."""
 
 from __future__ import annotations
 
@@ -6,12 +8,19 @@ import sys
 from pathlib import Path
 
 from .errors import SwarmError
-from .lifecycle import down_kept
+from .lifecycle import down_kept, sweep_leftovers
 
-USAGE = "usage: python -m pytest_swarm down [ROOTDIR]   (remove the cluster kept by --swarm-keep)"
+USAGE = (
+    "usage: python -m pytest_swarm down [ROOTDIR]   (remove the cluster kept by --swarm-keep)\n"
+    "       python -m pytest_swarm sweep            (remove what killed or crashed runs left)"
+)
 
 
 def main(argv: list[str]) -> int:
+    if argv == ["sweep"]:
+        swept = sweep_leftovers(print)
+        print(f"swept {len(swept)} run(s)" + (f": {', '.join(swept)}" if swept else ""))
+        return 0
     if not argv or argv[0] != "down" or len(argv) > 2:
         print(USAGE, file=sys.stderr)
         return 2

@@ -19,6 +19,7 @@ from .images import prepare_images
 from .ownership import Session, forget_kept, read_kept, write_kept
 from .providers.base import Provider
 from .providers.dind import DindProvider, local_engine, remove_session
+from .providers.dind import sweep as sweep_dind
 from .settings import Settings
 from .stack import DeployedStack, StackSource, deploy, render, service_images
 from .timing import Timing
@@ -279,3 +280,19 @@ def down_kept(rootdir: Path) -> str:
     if problems:
         raise ProvisioningError(f"cluster {session_id} removed, but: {'; '.join(problems)}")
     return f"cluster {session_id} removed"
+
+
+def sweep_leftovers(progress: Progress) -> list[str]:
+    """Remove what earlier runs on this machine left: runs whose pytest process is gone and whose
+    cluster was not kept (dind containers, UML kernels and links, machines they created), each by
+    its run's own record. Returns the sessions swept."""
+    from .providers import machine, uml
+
+    swept = uml.sweep(progress) + machine.sweep(progress)
+    try:
+        client = local_engine()
+    except SwarmError as exc:
+        progress(f"dind: no local engine to sweep ({exc})")
+    else:
+        swept += sweep_dind(client, progress)
+    return swept

@@ -173,3 +173,23 @@ def test_expects_too_many(swarm_stack):
     xml = junit.read_text()
     assert 'property name="swarm_evidence_SMALL"' in xml
     assert "SMALL_sleeper.1" in xml
+
+
+def test_killed_run_is_removed_by_the_sweep_command(
+    project: pytest.Pytester, engine: docker.DockerClient, leftovers: Leftovers
+) -> None:
+    """What CI's last step runs (``python -m pytest_swarm sweep``) after a run was killed."""
+    known = known_sessions(engine)
+    run = start_run(project)
+    try:
+        session = wait_for_containers(engine, known)
+    finally:
+        run.kill()  # SIGKILL: no cleanup can run
+        run.wait(timeout=60)
+    assert leftovers(engine, session)
+    swept = subprocess.run(
+        [sys.executable, "-m", "pytest_swarm", "sweep"], capture_output=True, text=True, timeout=300
+    )
+    assert swept.returncode == 0, swept.stderr
+    assert session in swept.stdout, swept.stdout
+    assert leftovers(engine, session) == []

@@ -88,7 +88,8 @@ def test_nightly_tears_down_always_after_the_suites() -> None:
     teardown = next(i for i, r in enumerate(runs) if "python -m pytest_swarm down" in r)
     assert teardown > suites
     assert ordered[teardown].get("if") == "always()"
-    assert "docker-machine rm" in runs[teardown]
+    assert "python -m pytest_swarm sweep" in runs[teardown]
+    assert "docker-machine rm" not in runs[teardown], "only recorded machines are removed, by the sweep"
 
 
 def test_nightly_runs_on_schedule_and_by_hand() -> None:
