@@ -133,16 +133,21 @@ def test_interrupted_while_starting_leaves_nothing(
     assert leftovers(engine, session) == []
 
 
-def test_killed_run_is_swept_by_the_next(
-    project: pytest.Pytester, engine: docker.DockerClient, leftovers: Leftovers
-) -> None:
+def killed_run(project: pytest.Pytester, engine: docker.DockerClient) -> str:
+    """Start a run, SIGKILL it once its node containers exist (no cleanup can run); its session."""
     known = known_sessions(engine)
     run = start_run(project)
     try:
-        session = wait_for_containers(engine, known)
+        return wait_for_containers(engine, known)
     finally:
-        run.kill()  # SIGKILL: no cleanup can run
+        run.kill()
         run.wait(timeout=60)
+
+
+def test_killed_run_is_swept_by_the_next(
+    project: pytest.Pytester, engine: docker.DockerClient, leftovers: Leftovers
+) -> None:
+    session = killed_run(project, engine)
     assert leftovers(engine, session)
     result = project.runpytest_subprocess("--swarm-env=small", "test_small_stack.py::test_cluster_shape")
     result.assert_outcomes(passed=1)
@@ -178,14 +183,8 @@ def test_expects_too_many(swarm_stack):
 def test_killed_run_is_removed_by_the_sweep_command(
     project: pytest.Pytester, engine: docker.DockerClient, leftovers: Leftovers
 ) -> None:
-    """What CI's last step runs (``python -m pytest_swarm sweep``) after a run was killed."""
-    known = known_sessions(engine)
-    run = start_run(project)
-    try:
-        session = wait_for_containers(engine, known)
-    finally:
-        run.kill()  # SIGKILL: no cleanup can run
-        run.wait(timeout=60)
+    """What the nightly workflow's teardown runs (``python -m pytest_swarm sweep``) after a kill."""
+    session = killed_run(project, engine)
     assert leftovers(engine, session)
     swept = subprocess.run(
         [sys.executable, "-m", "pytest_swarm", "sweep"], capture_output=True, text=True, timeout=300
