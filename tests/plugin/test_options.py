@@ -6,15 +6,6 @@ import os
 
 import pytest
 
-pytestmark = pytest.mark.usefixtures("clean_swarm_env")
-
-
-@pytest.fixture
-def clean_swarm_env(monkeypatch: pytest.MonkeyPatch) -> None:
-    for name in list(os.environ):
-        if name.startswith("SWARM_"):
-            monkeypatch.delenv(name)
-
 
 @pytest.fixture
 def project(pytester: pytest.Pytester) -> pytest.Pytester:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import xml.etree.ElementTree as ET
 
 import pytest
@@ -39,15 +38,6 @@ def test_leaks_secrets(record_property):
     record_property("login", "mongo login {SECRET}")
     assert False, "login failed with {SECRET} and {TOKEN}"
 """
-
-pytestmark = pytest.mark.usefixtures("clean_swarm_env")
-
-
-@pytest.fixture
-def clean_swarm_env(monkeypatch: pytest.MonkeyPatch) -> None:
-    for name in list(os.environ):
-        if name.startswith("SWARM_"):
-            monkeypatch.delenv(name)
 
 
 @pytest.fixture
