@@ -2,30 +2,213 @@
 
 The update goes to the ``-next`` version of the service's image and the failing one to its
 ``-broken`` version (same code, a healthcheck that fails), both built before the cluster started.
-Each test restores the service to its original image before it ends.
+
+The services' updates run at the same time (pytest_swarm.together): each service has a thread
+that rolls it to ``-next`` (sending requests through its published port meanwhile, when that
+test is selected), restores it, then updates it to ``-broken`` and restores it again. The tests
+check what their part of that chain recorded. A restore puts back the service's exact spec:
+first its original image with every task replaced at once, then its declared update_config
+(which alone replaces no task).
 """
 
 from __future__ import annotations
 
+import copy
 import itertools
 import math
 import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass, field
 from typing import Any
 
+import docker
 import pytest
 
 from pytest_swarm import declared, mesh
+from pytest_swarm.capabilities import FEATURES
 from pytest_swarm.cluster import Cluster, Service, seconds
 from pytest_swarm.commands import run_docker
 from pytest_swarm.images import variant_ref
 from pytest_swarm.stack import DeployedStack
+from pytest_swarm.together import Outcome, Together, selected_params, timed
 from pytest_swarm.waiting import Poll, wait_for
 
-START_ALLOWANCE = 20.0  # seconds a new task gets to start and pass its healthcheck
+START_ALLOWANCE = 20.0  # seconds a new task gets to start, beyond its first healthcheck
 DONE = ("completed", "paused", "rollback_completed", "rollback_paused")
+ROLL = "test_rolling_update_follows_update_config"
+TRAFFIC = "test_the_published_port_keeps_answering_during_an_update"
+FAIL = "test_a_failing_version_is_rolled_back_or_paused"
+# Every task replaced at once, start-first: how a restore gets the original image back fast.
+FAST = {"Parallelism": 0, "Delay": 0, "FailurePolicy": "pause", "Monitor": 1_000_000, "Order": "start-first"}
+
+Wait = tuple[float, str]
+
+
+@dataclass
+class Rolled:
+    """What a rolling update to ``-next`` showed."""
+
+    original: str
+    target: str
+    state: str
+    log: TaskLog
+    answers: list[mesh.Answer] | None  # requests through the published port, when sent
+    waits: list[Wait]
+
+
+@dataclass
+class Failed:
+    """What an update to ``-broken`` showed."""
+
+    original: str
+    broken: str
+    expected: str
+    state: str
+    images: list[str]  # the running tasks' images once the update ended
+    deadline: float
+    waits: list[Wait]
+
+
+@dataclass
+class Chain:
+    """One service's parts, each with its own outcome and time."""
+
+    parts: dict[str, Outcome[Any]] = field(default_factory=dict)
+
+
+class Updates:
+    """The running chains of this module, and how each test reads its part."""
+
+    def __init__(self, swarm: Cluster, stack: DeployedStack, wanted: dict[str, set[str]]) -> None:
+        self.swarm = swarm
+        self.stack = stack
+        services = sorted(set().union(*wanted.values())) if wanted else []
+        mesh_missing = swarm.missing_capability(FEATURES["needs_routing_mesh"][0])
+        probed = wanted.get(TRAFFIC, set()) if not mesh_missing else set()  # else that test skips
+        self.together: Together[str, Chain] = Together(
+            {
+                name: lambda name=name: self.chain(
+                    name,
+                    roll=name in wanted.get(ROLL, set()) | probed,
+                    traffic=name in probed,
+                    fail=name in wanted.get(FAIL, set()),
+                )
+                for name in services
+            },
+            name="update",
+        )
+
+    def part(
+        self,
+        service: str,
+        part: str,
+        declared_wait: Callable[[float, str], None] | None = None,
+        took: Callable[[float, str], None] | None = None,
+    ) -> Any:
+        """Wait for ``service``'s chain; return its ``part`` (or raise what that part raised),
+        after handing its own time and declared waits to the timing fixtures."""
+        chain = self.together.outcome(service, timeout=1800).get()
+        outcome = chain.parts[part]
+        if took is not None and declared_wait is not None and outcome.error is None:
+            took(outcome.seconds, f"its {part} and restore, beside the other services' updates")
+            for wait in outcome.value.waits:
+                declared_wait(*wait)
+        return outcome.get()
+
+    def chain(self, name: str, roll: bool, traffic: bool, fail: bool) -> Chain:
+        chain = Chain()
+        service = self.stack.service(name)
+        spec = self.stack.declared(name)
+        before = copy.deepcopy(service.attrs["Spec"])
+        if roll:
+            chain.parts["roll"] = timed(lambda: self.roll(service, spec, before, traffic))
+        if fail:
+            chain.parts["fail"] = timed(lambda: self.fail(service, spec, before))
+        return chain
+
+    def health(self, service: Service, spec: dict[str, Any]) -> declared.Healthcheck | None:
+        """The compose healthcheck over the image's, read on the manager's engine (where the
+        image isn't, only the compose file's counts)."""
+        try:
+            image = self.swarm.client.images.get(service.image).attrs.get("Config") or {}
+        except docker.errors.APIError:
+            image = {}
+        return declared.healthcheck(spec, image)
+
+    def roll(self, service: Service, spec: dict[str, Any], before: dict[str, Any], traffic: bool) -> Rolled:
+        config = declared.update_config(spec)
+        target = variant_or_skip(self.swarm, service, "next")
+        original = service.image
+        deadline = update_deadline(spec, config, self.health(service, spec))
+        log = TaskLog(service)
+        answers: list[mesh.Answer] | None = [] if traffic else None
+        port = self.stack.published_port(name_in_stack(self.stack, service))
+        try:
+            with log.recording():
+                update_image(self.stack, service, target)
+                if answers is not None and port is not None:
+                    self.probe_until_done(service, port, deadline, answers)
+                state = wait_update(service, deadline, self.together.sleep)
+        finally:
+            self.restore(service, before, deadline)
+        waits = declared_update_waits(spec, config, self.health(service, spec))
+        return Rolled(original, target, state, log, answers, waits)
+
+    def probe_until_done(
+        self, service: Service, port: int, deadline: float, answers: list[mesh.Answer]
+    ) -> None:
+        end = time.monotonic() + deadline
+        while service.reload().update_state not in DONE and time.monotonic() < end:
+            for address in self.swarm.addresses.values():
+                answers += mesh.probe(address, port, count=1, timeout=2)
+            self.together.sleep(0.05)
+
+    def fail(self, service: Service, spec: dict[str, Any], before: dict[str, Any]) -> Failed:
+        config = declared.update_config(spec)
+        if config.failure_action == "continue":
+            pytest.skip(f"{service.name} declares failure_action continue: a failing version is kept")
+        broken = variant_or_skip(self.swarm, service, "broken")
+        health = self.health(service, spec)
+        deadline = update_deadline(spec, config, health)
+        expected = "rollback_completed" if config.failure_action == "rollback" else "paused"
+        try:
+            update_image(self.stack, service, broken)
+            state = wait_update(service, deadline, self.together.sleep)
+            images = sorted({t.image.split("@")[0] for t in service.running_tasks()})
+        finally:
+            self.restore(service, before, deadline)
+        waits = failure_waits(spec, config, health)
+        return Failed(service.image, broken, expected, state, images, deadline, waits)
+
+    def restore(self, service: Service, before: dict[str, Any], timeout: float) -> None:
+        """Back to the spec ``before`` with every task on its image, whatever the update left."""
+        image = before["TaskTemplate"]["ContainerSpec"]["Image"]
+        service.reload()
+        if service.attrs["Spec"]["TaskTemplate"] != before["TaskTemplate"]:
+            fast = copy.deepcopy(before)
+            fast["UpdateConfig"] = FAST
+            service.replace_spec(fast)
+        wait_for(
+            lambda: Poll(
+                service.reload().update_state not in ("updating", "rollback_started")
+                and {t.image for t in service.running_tasks()} == {image}
+                and len(service.running_tasks()) == service.replicas,
+                f"{service.update_state}, images {sorted({t.image for t in service.running_tasks()})}",
+            ),
+            what=f"{service.name} restored to {image}",
+            timeout=timeout,
+            interval=0.5,
+            sleep=self.together.sleep,
+        )
+        if service.attrs["Spec"] != before:
+            service.replace_spec(before)  # only update_config differs now: no task is replaced
+        assert service.reload().attrs["Spec"] == before, f"{service.name}: spec not restored"
+
+
+def name_in_stack(stack: DeployedStack, service: Service) -> str:
+    return service.name.removeprefix(f"{stack.name}_")
 
 
 def variant_or_skip(swarm: Cluster, service: Service, variant: str) -> str:
@@ -36,11 +219,19 @@ def variant_or_skip(swarm: Cluster, service: Service, variant: str) -> str:
     return ref
 
 
-def update_deadline(spec: dict[str, Any], config: declared.UpdateConfig) -> float:
-    """How long the declared update may take: every batch's start, delay and monitor, with margin."""
+def batch_count(spec: dict[str, Any], config: declared.UpdateConfig) -> int:
     replicas = declared.replicas(spec) or 1
-    batches = math.ceil(replicas / max(config.parallelism, 1))
-    return batches * (START_ALLOWANCE + config.delay) + config.monitor + 60
+    return math.ceil(replicas / config.parallelism) if config.parallelism > 0 else 1
+
+
+def update_deadline(
+    spec: dict[str, Any], config: declared.UpdateConfig, health: declared.Healthcheck | None
+) -> float:
+    """How long the declared update may take: every batch's start, delay and monitor, with margin."""
+    first_check = health.interval if health else 0.0
+    unhealthy = health.seconds_to_unhealthy() if health else 0.0
+    per_batch = START_ALLOWANCE + first_check + config.delay
+    return batch_count(spec, config) * per_batch + max(config.monitor, unhealthy) + 60
 
 
 def update_image(stack: DeployedStack, service: Service, image: str) -> None:
@@ -51,37 +242,43 @@ def update_image(stack: DeployedStack, service: Service, image: str) -> None:
     )
 
 
-def wait_update(service: Service, deadline: float, done: tuple[str, ...] = DONE) -> str:
+def wait_update(service: Service, deadline: float, sleep: Callable[[float], None]) -> str:
     def probe() -> Poll[str]:
         state = service.reload().update_state
-        return Poll(state in done, f"UpdateStatus {state or 'none'}", state)
+        return Poll(state in DONE, f"UpdateStatus {state or 'none'}", state)
 
-    poll = wait_for(probe, what=f"{service.name} update to end", timeout=deadline, interval=0.5)
+    poll = wait_for(probe, what=f"{service.name} update to end", timeout=deadline, interval=0.5, sleep=sleep)
     return str(poll.value)
 
 
-def restore(stack: DeployedStack, service: Service, image: str, timeout: float) -> None:
-    """Back to ``image`` with every task running it, whatever state the update ended in."""
-    if service.reload().image != image:
-        # A rollback returns to the previous spec under rollback_config (no update delay).
-        previous = (service.attrs.get("PreviousSpec") or {}).get("TaskTemplate", {}).get("ContainerSpec", {})
-        if str(previous.get("Image", "")).split("@")[0] == image:
-            run_docker(
-                ["service", "rollback", "--detach", service.name], host=stack.cluster.manager_url, timeout=60
-            )
-        else:
-            update_image(stack, service, image)
-    wait_for(
-        lambda: Poll(
-            service.reload().update_state not in ("updating", "rollback_started")
-            and {t.image.split("@")[0] for t in service.running_tasks()} == {image}
-            and len(service.running_tasks()) == service.replicas,
-            f"{service.update_state}, images {sorted({t.image for t in service.running_tasks()})}",
-        ),
-        what=f"{service.name} restored to {image}",
-        timeout=timeout,
-        interval=0.5,
-    )
+def declared_update_waits(
+    spec: dict[str, Any], config: declared.UpdateConfig, health: declared.Healthcheck | None
+) -> list[Wait]:
+    """The waits a rolling update (and its restore) spends by declaration: the delay between
+    batches, the monitor after the last, and each batch's first healthcheck (restore: one batch)."""
+    count = batch_count(spec, config)
+    waits = [(config.delay * (count - 1), f"update delay {config.delay:g} s x {count - 1}")]
+    waits.append((config.monitor, f"monitor {config.monitor:g} s"))
+    if health:
+        checks = count + 1  # the restore replaces every task in one batch
+        waits.append((health.interval * checks, f"first healthcheck {health.interval:g} s x {checks}"))
+    return waits
+
+
+def failure_waits(
+    spec: dict[str, Any], config: declared.UpdateConfig, health: declared.Healthcheck | None
+) -> list[Wait]:
+    """A failing version is found out when its healthcheck gives up; a rollback then runs under
+    rollback_config, whose monitor it waits out; the restored tasks wait their first check."""
+    if health is None:
+        return []
+    rollback = declared.update_config(spec, "rollback_config")
+    waits = [(health.seconds_to_unhealthy(), "healthcheck: start period, then retries x interval")]
+    if config.failure_action == "rollback":
+        waits.append((rollback.monitor, f"rollback monitor {rollback.monitor:g} s"))
+        if config.order == "stop-first":
+            waits.append((health.interval, f"first healthcheck {health.interval:g} s of the restored task"))
+    return waits
 
 
 class TaskLog:
@@ -125,113 +322,84 @@ def batches(starts: list[float], delay: float) -> list[list[float]]:
     return groups
 
 
-def declared_update_wait(spec: dict[str, Any], config: declared.UpdateConfig) -> tuple[float, str]:
-    batches = math.ceil((declared.replicas(spec) or 1) / max(config.parallelism, 1))
-    return (batches - 1) * config.delay + config.monitor, (
-        f"update delay {config.delay:g} s x {batches - 1} + monitor {config.monitor:g} s"
-    )
+@pytest.fixture(scope="module")
+def updates(request: pytest.FixtureRequest, swarm: Cluster, swarm_stack: DeployedStack) -> Iterator[Updates]:
+    """Every selected service's chain, started at once; the module ends when all are restored."""
+    params = selected_params(request, ("updated_service", "published_updated_service"))
+    wanted = {test: {str(s) for s in services} for test, services in params.items()}
+    running = Updates(swarm, swarm_stack, wanted)
+    try:
+        yield running
+    finally:
+        running.together.close()
 
 
 def test_rolling_update_follows_update_config(
-    swarm: Cluster,
-    swarm_stack: DeployedStack,
+    updates: Updates,
     updated_service: str,
     swarm_declared_wait: Callable[[float, str], None],
+    swarm_took: Callable[[float, str], None],
 ) -> None:
-    spec = swarm_stack.declared(updated_service)
-    config = declared.update_config(spec)
-    swarm_declared_wait(*declared_update_wait(spec, config))
-    service = swarm_stack.service(updated_service)
-    original = service.image
-    target = variant_or_skip(swarm, service, "next")
-    deadline = update_deadline(spec, config)
-    log = TaskLog(service)
-    try:
-        with log.recording():
-            update_image(swarm_stack, service, target)
-            state = wait_update(service, deadline)
-        assert state == "completed", f"{updated_service}: update to {target} ended {state}"
-
-        new = {t: v for t, v in log.running.items() if v[2].split("@")[0] == target}
-        old = {t: v for t, v in log.running.items() if v[2].split("@")[0] == original}
-        assert len(new) == service.replicas, f"{updated_service}: {len(new)} tasks on {target}"
-        groups = batches([v[0] for v in new.values()], config.delay)
-        sizes = [len(g) for g in groups]
-        assert max(sizes) <= config.parallelism, (
-            f"{updated_service}: declared parallelism {config.parallelism}, batches seen {sizes}"
+    config = declared.update_config(updates.stack.declared(updated_service))
+    rolled: Rolled = updates.part(updated_service, "roll", swarm_declared_wait, swarm_took)
+    assert rolled.state == "completed", f"{updated_service}: update to {rolled.target} ended {rolled.state}"
+    log = rolled.log
+    new = {t: v for t, v in log.running.items() if v[2].split("@")[0] == rolled.target}
+    old = {t: v for t, v in log.running.items() if v[2].split("@")[0] == rolled.original}
+    replicas = declared.replicas(updates.stack.declared(updated_service)) or 1
+    assert len(new) == replicas, f"{updated_service}: {len(new)} tasks on {rolled.target}"
+    groups = batches([v[0] for v in new.values()], config.delay)
+    sizes = [len(g) for g in groups]
+    assert config.parallelism == 0 or max(sizes) <= config.parallelism, (
+        f"{updated_service}: declared parallelism {config.parallelism}, batches seen {sizes}"
+    )
+    if config.delay > 0:
+        gaps = [b[0] - a[-1] for a, b in itertools.pairwise(groups)]
+        assert all(g >= config.delay for g in gaps), (
+            f"{updated_service}: declared delay {config.delay:g} s, gaps between batches {gaps}"
         )
-        if config.delay > 0:
-            gaps = [b[0] - a[-1] for a, b in itertools.pairwise(groups)]
-            assert all(g >= config.delay for g in gaps), (
-                f"{updated_service}: declared delay {config.delay:g} s, gaps between batches {gaps}"
-            )
-        by_slot_old = {v[1]: log.ended.get(t) for t, v in old.items()}
-        for _task_id, (started, slot, _) in new.items():
-            stopped = by_slot_old.get(slot)
-            assert stopped is not None, f"{updated_service}: slot {slot}'s old task never stopped"
-            if config.order == "stop-first":
-                assert stopped <= started, (
-                    f"{updated_service} slot {slot}: stop-first, new task ran before old ended"
-                )
-            else:
-                assert started <= stopped, f"{updated_service} slot {slot}: start-first, old task ended first"
-    finally:
-        restore(swarm_stack, service, original, deadline)
+    by_slot_old = {v[1]: log.ended.get(t) for t, v in old.items()}
+    for _task_id, (started, slot, _) in new.items():
+        stopped = by_slot_old.get(slot)
+        assert stopped is not None, f"{updated_service}: slot {slot}'s old task never stopped"
+        if config.order == "stop-first":
+            assert stopped <= started, f"{updated_service} slot {slot}: stop-first, new task ran first"
+        else:
+            assert started <= stopped, f"{updated_service} slot {slot}: start-first, old task ended first"
 
 
 def test_a_failing_version_is_rolled_back_or_paused(
-    swarm: Cluster, swarm_stack: DeployedStack, updated_service: str
+    updates: Updates,
+    updated_service: str,
+    swarm_declared_wait: Callable[[float, str], None],
+    swarm_took: Callable[[float, str], None],
 ) -> None:
-    spec = swarm_stack.declared(updated_service)
-    config = declared.update_config(spec)
-    if config.failure_action == "continue":
-        pytest.skip(f"{updated_service} declares failure_action continue: a failing version is kept")
-    service = swarm_stack.service(updated_service)
-    original = service.image
-    broken = variant_or_skip(swarm, service, "broken")
-    deadline = update_deadline(spec, config)
-    expected = "rollback_completed" if config.failure_action == "rollback" else "paused"
-    try:
-        update_image(swarm_stack, service, broken)
-        state = wait_update(service, deadline)
-        assert state == expected, (
-            f"{updated_service}: declared failure_action {config.failure_action}; an update to {broken} "
-            f"(failing healthcheck) ended {state!r}, expected {expected!r} within {deadline:g} s"
+    config = declared.update_config(updates.stack.declared(updated_service))
+    failed: Failed = updates.part(updated_service, "fail", swarm_declared_wait, swarm_took)
+    assert failed.state == failed.expected, (
+        f"{updated_service}: declared failure_action {config.failure_action}; an update to {failed.broken} "
+        f"(failing healthcheck) ended {failed.state!r}, expected {failed.expected!r} "
+        f"within {failed.deadline:g} s"
+    )
+    if failed.expected == "rollback_completed":
+        assert failed.images == [failed.original], (
+            f"{updated_service}: after rollback tasks run {failed.images}"
         )
-        if expected == "rollback_completed":
-            images = sorted({t.image.split("@")[0] for t in service.running_tasks()})
-            assert images == [original], f"{updated_service}: after rollback tasks run {images}"
-    finally:
-        restore(swarm_stack, service, original, deadline)
 
 
 @pytest.mark.needs_routing_mesh
 def test_the_published_port_keeps_answering_during_an_update(
-    swarm: Cluster, swarm_stack: DeployedStack, published_updated_service: str, record_property: Any
+    updates: Updates, published_updated_service: str, record_property: Any
 ) -> None:
     name = published_updated_service
-    port = swarm_stack.published_port(name)
-    if port is None:
-        pytest.skip(f"{name} publishes no port")
-    spec = swarm_stack.declared(name)
-    config = declared.update_config(spec)
-    service = swarm_stack.service(name)
-    original = service.image
-    target = variant_or_skip(swarm, service, "next")
-    deadline = update_deadline(spec, config)
-    answers: list[mesh.Answer] = []
-    try:
-        update_image(swarm_stack, service, target)
-        end = time.monotonic() + deadline
-        while service.reload().update_state not in DONE and time.monotonic() < end:
-            for address in swarm.addresses.values():
-                answers += mesh.probe(address, port, count=1, timeout=2)
-        failures = [a for a in answers if a.status != 200]
-        record_property("requests_during_update", len(answers))
-        record_property("failed_requests_during_update", len(failures))
-        print(f"{name} ({config.order}): {len(failures)} of {len(answers)} requests failed")
-        if config.order == "start-first":
-            assert not failures, f"{name}: start-first, yet {len(failures)} requests failed"
-        assert service.update_state == "completed", f"{name}: update ended {service.update_state}"
-    finally:
-        restore(swarm_stack, service, original, deadline)
+    config = declared.update_config(updates.stack.declared(name))
+    rolled: Rolled = updates.part(name, "roll")
+    assert rolled.answers is not None, f"{name}: no request was sent during its update"
+    failures = [a for a in rolled.answers if a.status != 200]
+    record_property("requests_during_update", len(rolled.answers))
+    record_property("failed_requests_during_update", len(failures))
+    print(f"{name} ({config.order}): {len(failures)} of {len(rolled.answers)} requests failed")
+    assert rolled.answers, f"{name}: its update ended before any request was answered"
+    if config.order == "start-first":
+        assert not failures, f"{name}: start-first, yet {len(failures)} requests failed"
+    assert rolled.state == "completed", f"{name}: update ended {rolled.state}"

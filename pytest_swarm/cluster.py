@@ -182,6 +182,21 @@ class Service(_View):
     def name(self) -> str:
         return str(self._get("Spec", "Name", default=""))
 
+    def replace_spec(self, spec: Mapping[str, Any]) -> None:
+        """Make ``spec`` the service's whole spec (through the API: the CLI would merge flags)."""
+        self.reload()
+        self._client.api.update_service(
+            self.id,
+            self._get("Version", "Index"),
+            name=spec["Name"],
+            labels=spec.get("Labels"),
+            mode=spec.get("Mode"),
+            task_template=spec["TaskTemplate"],
+            update_config=spec.get("UpdateConfig"),
+            rollback_config=spec.get("RollbackConfig"),
+            endpoint_spec=spec.get("EndpointSpec"),
+        )
+
     @property
     def stack(self) -> str:
         return str(self._get("Spec", "Labels", STACK_LABEL, default=""))

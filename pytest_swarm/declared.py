@@ -111,3 +111,42 @@ def replicas(service: Mapping[str, Any]) -> int | None:
     if section.get("mode") == "global":
         return None
     return int(section.get("replicas", 1))
+
+
+@dataclass(frozen=True)
+class Healthcheck:
+    """A task's healthcheck timings. The engine runs the first check ``interval`` after the start
+    (20.10 has no start_interval), so every new task waits at least that before it counts as up."""
+
+    interval: float
+    start_period: float
+    retries: int
+
+    def seconds_to_unhealthy(self) -> float:
+        """When a check that always fails marks a new task unhealthy: failures inside the start
+        period don't count, then ``retries`` failures in a row (lower bound: the check landing on
+        the end of the start period counts)."""
+        return self.interval * (int(self.start_period // self.interval) + self.retries - 1)
+
+
+_HEALTHCHECK_DEFAULTS = Healthcheck(interval=30.0, start_period=0.0, retries=3)  # the engine's
+
+
+def healthcheck(service: Mapping[str, Any], image_config: Mapping[str, Any] | None) -> Healthcheck | None:
+    """The compose ``healthcheck:`` over the image's HEALTHCHECK (``image_config``: the image's
+    ``Config`` from ``docker image inspect``); None when neither declares one or it is disabled."""
+    image = (image_config or {}).get("Healthcheck") or {}
+    compose = service.get("healthcheck") or {}
+    if compose.get("disable") or (compose.get("test") or image.get("Test") or ["NONE"])[0] == "NONE":
+        return None
+
+    def pick(key: str, image_key: str, default: float) -> float:
+        if key in compose:
+            return parse_duration(compose[key])
+        return image[image_key] / 1e9 if image.get(image_key) else default
+
+    return Healthcheck(
+        interval=pick("interval", "Interval", _HEALTHCHECK_DEFAULTS.interval),
+        start_period=pick("start_period", "StartPeriod", _HEALTHCHECK_DEFAULTS.start_period),
+        retries=int(compose.get("retries") or image.get("Retries") or _HEALTHCHECK_DEFAULTS.retries),
+    )

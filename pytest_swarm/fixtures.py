@@ -19,7 +19,7 @@ from .lifecycle import lifecycle_of
 from .providers.base import Provider
 from .settings import Settings, available_envs
 from .stack import DeployedStack, StackSource
-from .timing import DECLARED_WAIT
+from .timing import DECLARED_WAIT, TOOK
 
 T = TypeVar("T")
 
@@ -189,6 +189,18 @@ def swarm_declared_wait(request: pytest.FixtureRequest) -> Callable[[float, str]
 
     def add(seconds: float, why: str) -> None:
         request.node.user_properties.append((DECLARED_WAIT, f"{seconds:.3f}|{why}"))
+
+    return add
+
+
+@pytest.fixture
+def swarm_took(request: pytest.FixtureRequest) -> Callable[[float, str], None]:
+    """``swarm_took(seconds, what)``: this test checked an operation that ran beside others
+    (pytest_swarm.together), so its call time is only the wait for that operation's outcome;
+    the time split uses the operation's own ``seconds`` instead."""
+
+    def add(seconds: float, what: str) -> None:
+        request.node.user_properties.append((TOOK, f"{seconds:.3f}|{what}"))
 
     return add
 

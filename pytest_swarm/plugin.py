@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from . import evidence, timing
+from . import evidence, timing, together
 from .capabilities import FEATURES
 from .errors import StackError, SwarmError
 from .lifecycle import LIFECYCLE, SwarmLifecycle, lifecycle_of
@@ -120,6 +120,11 @@ def pytest_sessionstart(session: pytest.Session) -> None:
         lifecycle.declared_model()
     except SwarmError as exc:
         raise pytest.UsageError(f"swarm: {exc}") from exc
+
+
+def pytest_keyboard_interrupt(excinfo: pytest.ExceptionInfo[BaseException]) -> None:
+    """Before the fixtures tear down: operations running beside the tests stop waiting."""
+    together.interrupt_all()
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:

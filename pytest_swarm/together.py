@@ -1,0 +1,111 @@
+"""Slow checks of independent things, run at the same time.
+
+A rolling update spends most of its time waiting (update delay, monitor, healthchecks); so does
+a restart policy. A module whose tests each drive such an operation on a different service (or
+a stack of its own) starts every selected operation at once, in threads, and each test then
+waits for its own outcome and asserts on it. The module's fixture waits for all of them (and so
+for every restore) before the module ends, so no other module sees a cluster mid-operation.
+
+An operation reports its own wall time; the terminal summary uses it instead of the test's
+call time, which is only the wait for an outcome that was already under way.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+import weakref
+from collections.abc import Callable, Hashable, Iterable, Mapping
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any, Generic, TypeVar
+
+import pytest
+
+K = TypeVar("K", bound=Hashable)
+T = TypeVar("T")
+
+
+class Interrupted(Exception):
+    """The run is ending (Ctrl-C, a failed session): operations stop waiting."""
+
+
+@dataclass(frozen=True)
+class Outcome(Generic[T]):
+    """What one operation returned (or raised), and how long it ran."""
+
+    value: T | None
+    error: BaseException | None
+    seconds: float
+
+    def get(self) -> T:
+        if self.error is not None:
+            raise self.error
+        assert self.value is not None
+        return self.value
+
+
+def timed(operation: Callable[[], T]) -> Outcome[T]:
+    """Run ``operation``; keep what it returned or raised (a skip included) and its wall time."""
+    started = time.monotonic()
+    try:
+        value = operation()
+    except (Exception, pytest.skip.Exception, pytest.fail.Exception) as exc:  # raised in the test
+        return Outcome(None, exc, time.monotonic() - started)
+    return Outcome(value, None, time.monotonic() - started)
+
+
+_LIVE: weakref.WeakSet[Together[Any, Any]] = weakref.WeakSet()
+
+
+def interrupt_all() -> None:
+    """Ctrl-C (or SIGTERM): every running operation stops at its next wait."""
+    for together in list(_LIVE):
+        together.interrupt()
+
+
+class Together(Generic[K, T]):
+    """Operations keyed by what they touch, all started at once; ``outcome(key)`` waits for one."""
+
+    def __init__(self, operations: Mapping[K, Callable[[], T]], name: str = "swarm") -> None:
+        self._stop = threading.Event()
+        self._pool = ThreadPoolExecutor(max_workers=max(len(operations), 1), thread_name_prefix=name)
+        self._futures: dict[K, Future[Outcome[T]]] = {
+            key: self._pool.submit(timed, operation) for key, operation in operations.items()
+        }
+        _LIVE.add(self)
+
+    def __contains__(self, key: object) -> bool:
+        return key in self._futures
+
+    def outcome(self, key: K, timeout: float) -> Outcome[T]:
+        """Wait (at most ``timeout`` s) for the operation on ``key``."""
+        return self._futures[key].result(timeout=timeout)
+
+    def sleep(self, seconds: float) -> None:
+        """A sleep for the operations' polling loops that ends them when the run stops."""
+        if self._stop.wait(seconds):
+            raise Interrupted("the run is ending")
+
+    def interrupt(self) -> None:
+        self._stop.set()
+
+    def close(self) -> None:
+        """Wait for every operation (each is bounded by its own deadlines)."""
+        self._pool.shutdown(wait=True)
+        _LIVE.discard(self)
+
+
+def selected_params(request: pytest.FixtureRequest, argnames: Iterable[str]) -> dict[str, set[Any]]:
+    """For each test function of the requesting module: the values its parameter (the first of
+    ``argnames`` it has) takes in the items this run will execute (after -k, --deselect, ...)."""
+    names = tuple(argnames)
+    found: dict[str, set[Any]] = {}
+    for item in request.session.items:
+        if not isinstance(item, pytest.Function) or item.module is not request.module:
+            continue
+        params = getattr(item, "callspec", None)
+        argname = next((a for a in names if params is not None and a in params.params), None)
+        if params is not None and argname is not None:
+            found.setdefault(item.originalname, set()).add(params.params[argname])
+    return found
