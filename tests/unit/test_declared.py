@@ -1,5 +1,6 @@
 import pytest
 
+from pytest_swarm import declared
 from pytest_swarm.declared import (
     limits,
     parse_bytes,
@@ -59,3 +60,22 @@ def test_defaults_when_nothing_is_declared() -> None:
     assert limits({}).cpus is None and limits({}).memory is None
     assert restart_policy({}) is None
     assert update_config({}).failure_action == "pause"
+
+
+def test_healthcheck_from_the_image_unless_compose_overrides_it() -> None:
+    seconds = 1_000_000_000  # the engine's unit
+    image = {"Healthcheck": {"Test": ["CMD", "true"], "Interval": 5 * seconds, "StartPeriod": 10 * seconds}}
+    found = declared.healthcheck({}, image)
+    assert found == declared.Healthcheck(interval=5.0, start_period=10.0, retries=3)
+    assert found.seconds_to_unhealthy() == 20.0  # checks at 10 (end of the start period), 15, 20
+    override = declared.healthcheck({"healthcheck": {"interval": "2s", "retries": 5}}, image)
+    assert override == declared.Healthcheck(interval=2.0, start_period=10.0, retries=5)
+
+
+def test_no_healthcheck_or_a_disabled_one() -> None:
+    assert declared.healthcheck({}, {}) is None
+    assert declared.healthcheck({}, {"Healthcheck": {"Test": ["NONE"]}}) is None
+    image = {"Healthcheck": {"Test": ["CMD", "true"]}}
+    assert declared.healthcheck({"healthcheck": {"disable": True}}, image) is None
+    engine_defaults = declared.Healthcheck(interval=30.0, start_period=0.0, retries=3)
+    assert declared.healthcheck({}, image) == engine_defaults

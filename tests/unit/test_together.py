@@ -1,0 +1,63 @@
+import threading
+import time
+
+import pytest
+
+from pytest_swarm.together import Interrupted, Together, interrupt_all, timed
+
+
+def test_operations_run_at_the_same_time_and_each_keeps_its_outcome() -> None:
+    barrier = threading.Barrier(3, timeout=5)  # passes only if all three run at once
+
+    def meet(value: int) -> int:
+        barrier.wait()
+        return value
+
+    together = Together({key: (lambda key=key: meet(key)) for key in (1, 2, 3)})
+    try:
+        assert [together.outcome(k, timeout=5).get() for k in (1, 2, 3)] == [1, 2, 3]
+    finally:
+        together.close()
+
+
+def test_an_error_or_a_skip_is_raised_by_the_test_that_asks_for_it() -> None:
+    def broken() -> None:
+        raise ValueError("no such image")
+
+    def skipped() -> None:
+        pytest.skip("no -broken variant")
+
+    together = Together({"a": broken, "b": skipped, "c": lambda: "fine"})
+    together.close()
+    with pytest.raises(ValueError, match="no such image"):
+        together.outcome("a", timeout=1).get()
+    with pytest.raises(pytest.skip.Exception, match="no -broken variant"):
+        together.outcome("b", timeout=1).get()
+    assert together.outcome("c", timeout=1).get() == "fine"
+
+
+def test_an_interrupt_ends_the_waits_of_running_operations() -> None:
+    holder: list[Together[str, str]] = []
+    started, known = threading.Event(), threading.Event()
+
+    def waits_a_minute() -> str:
+        started.set()
+        assert known.wait(5)
+        for _ in range(600):
+            holder[0].sleep(0.1)
+        return "not interrupted"
+
+    holder.append(Together({"x": waits_a_minute}))
+    known.set()
+    assert started.wait(5)
+    begun = time.monotonic()
+    interrupt_all()  # what Ctrl-C does, through the plugin's pytest_keyboard_interrupt
+    holder[0].close()
+    assert time.monotonic() - begun < 5
+    with pytest.raises(Interrupted):
+        holder[0].outcome("x", timeout=1).get()
+
+
+def test_timed_keeps_the_wall_time() -> None:
+    outcome = timed(lambda: time.sleep(0.05) or "done")
+    assert outcome.get() == "done" and 0.04 < outcome.seconds < 1
