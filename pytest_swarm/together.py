@@ -18,7 +18,7 @@ import weakref
 from collections.abc import Callable, Hashable, Iterable, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, TypeVar, cast
 
 import pytest
 
@@ -41,8 +41,7 @@ class Outcome(Generic[T]):
     def get(self) -> T:
         if self.error is not None:
             raise self.error
-        assert self.value is not None
-        return self.value
+        return cast(T, self.value)
 
 
 def timed(operation: Callable[[], T]) -> Outcome[T]:
