@@ -7,13 +7,15 @@ service names, so a report says which service broke which promise.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 import pytest
 
 from pytest_swarm import declared
 from pytest_swarm.lifecycle import lifecycle_of
+from pytest_swarm.side_by_side import SIDE_BY_SIDE, SideBySide, side_by_side_sources
+from pytest_swarm.stack import DeployedStack
 
 Spec = Mapping[str, Any]
 PARAMETERS: dict[str, Callable[[Spec], bool]] = {
@@ -41,3 +43,26 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     for name in wanted:
         chosen = sorted(s for s, spec in services.items() if PARAMETERS[name](spec))
         metafunc.parametrize(name, chosen, ids=chosen)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _side_by_side_from_the_start(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[None]:
+    """When a selected test uses ``side_by_side``, start deploying those envs once the main
+    stack is up, so their waits overlap the other suites (pytest_swarm.side_by_side)."""
+    lifecycle = lifecycle_of(request.config)
+    wanted = any("side_by_side" in getattr(item, "fixturenames", ()) for item in request.session.items)
+    if wanted and lifecycle.settings.side_by_side and SIDE_BY_SIDE not in request.config.stash:
+        try:
+            main: DeployedStack = request.getfixturevalue("swarm_stack")
+        except BaseException:
+            main = None
+        if main is not None:
+            sources = side_by_side_sources(lifecycle, main.source, tmp_path_factory.mktemp("extra"))
+            request.config.stash[SIDE_BY_SIDE] = SideBySide(lifecycle, sources)
+    yield
+    left = request.config.stash.get(SIDE_BY_SIDE, None)  # the module never ran (e.g. -x stopped it)
+    if left is not None:
+        del request.config.stash[SIDE_BY_SIDE]
+        left.remove()

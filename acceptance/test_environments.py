@@ -1,12 +1,14 @@
 """Several environments side by side in one cluster (DEV, STAGE, PROD from envs/*.env).
 
-The envs of ``--swarm-side-by-side`` (default: every other env file) are deployed beside
-``--swarm-env`` for this module and removed after it.
+The envs of ``--swarm-side-by-side`` (default: every other env file), and EXTRA (a copy of the
+main env to remove), are deployed beside ``--swarm-env`` all at the same time, from the
+session's start when one of these tests is selected (pytest_swarm.side_by_side), and removed
+after this module.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -15,23 +17,34 @@ from pytest_swarm import mesh
 from pytest_swarm.cluster import STACK_LABEL, Cluster
 from pytest_swarm.errors import StackError
 from pytest_swarm.lifecycle import lifecycle_of
+from pytest_swarm.side_by_side import SIDE_BY_SIDE, SideBySide, shifted_env, side_by_side_sources
 from pytest_swarm.stack import DeployedStack
 
 
 @pytest.fixture(scope="module")
-def environments(request: pytest.FixtureRequest, swarm_stack: DeployedStack) -> Iterator[list[DeployedStack]]:
-    """The main stack and the side-by-side ones, all converged."""
-    lifecycle = lifecycle_of(request.config)
-    if not lifecycle.settings.side_by_side:
+def side_by_side(
+    request: pytest.FixtureRequest, swarm_stack: DeployedStack, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[dict[str, DeployedStack]]:
+    """The side-by-side envs and EXTRA, each converged (deployed at the same time, from the
+    session's start when acceptance/conftest.py started them); all removed after this module."""
+    if not lifecycle_of(request.config).settings.side_by_side:
         pytest.skip("no other env to deploy side by side (--swarm-side-by-side, envs/*.env)")
-    made: list[DeployedStack] = []
+    deploying = request.config.stash.get(SIDE_BY_SIDE, None)
+    if deploying is None:
+        lifecycle = lifecycle_of(request.config)
+        sources = side_by_side_sources(lifecycle, swarm_stack.source, tmp_path_factory.mktemp("extra"))
+        deploying = request.config.stash[SIDE_BY_SIDE] = SideBySide(lifecycle, sources)
     try:
-        for env in lifecycle.settings.side_by_side:
-            lifecycle.deploy(lifecycle.source(env), on_deployed=made.append)  # removed even if it fails
-        yield [swarm_stack, *made]
+        yield deploying.stacks()
     finally:
-        for stack in made:
-            stack.remove()
+        del request.config.stash[SIDE_BY_SIDE]
+        deploying.remove()
+
+
+@pytest.fixture(scope="module")
+def environments(swarm_stack: DeployedStack, side_by_side: dict[str, DeployedStack]) -> list[DeployedStack]:
+    """The main stack and the side-by-side ones, all converged."""
+    return [swarm_stack, *(stack for env, stack in side_by_side.items() if env != "EXTRA")]
 
 
 def networks_of(stack: DeployedStack) -> set[str]:
@@ -94,25 +107,10 @@ def test_each_env_answers_on_its_own_port_with_its_env(
             )
 
 
-def shifted_env(source: Path, tmp_path: Path, name: str, shift: int) -> Path:
-    """A copy of ``source`` named ``name``, its *_PORT values moved by ``shift``."""
-    lines = []
-    for line in source.read_text().splitlines():
-        key, eq, value = line.partition("=")
-        if eq and key.endswith("_PORT") and value.isdigit():
-            value = str(int(value) + shift)
-        elif eq and key == "ENV":
-            value = name
-        lines.append(f"{key}{eq}{value}" if eq else line)
-    target = tmp_path / f"{name.lower()}.env"
-    target.write_text("\n".join(lines) + "\n")
-    return target
-
-
 def test_removing_one_env_leaves_the_others_untouched(
-    environments: list[DeployedStack], deploy_stack: Callable[..., DeployedStack], tmp_path: Path
+    environments: list[DeployedStack], side_by_side: dict[str, DeployedStack]
 ) -> None:
-    extra = deploy_stack(env_file=shifted_env(environments[0].source.env_file, tmp_path, "EXTRA", 100))
+    extra = side_by_side["EXTRA"]
     before = {s.name: sorted(t.id for t in s.running_tasks()) for e in environments for s in e.services()}
     networks = {e.name: networks_of(e) for e in environments}
     extra.remove()

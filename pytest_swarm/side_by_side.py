@@ -1,0 +1,77 @@
+"""Other envs deployed beside the main one, all at the same time, started as early as possible.
+
+Deploying a stack is mostly waiting: the first healthchecks, and on engine 20.10 an overlay
+network join that now and then stalls 30 s on a node ("Bulk sync to node ... timed out" in its
+dockerd log). So when a selected test will need the side-by-side envs, they are deployed in
+the background from the session's start and only awaited by the first test that uses them;
+the other suites run meanwhile (they check only the main stack's services).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from functools import partial
+from pathlib import Path
+
+import pytest
+
+from .lifecycle import SwarmLifecycle
+from .stack import DeployedStack, StackSource
+from .together import Together
+
+SIDE_BY_SIDE = pytest.StashKey["SideBySide"]()
+
+
+def side_by_side_sources(
+    lifecycle: SwarmLifecycle, main: StackSource, folder: Path
+) -> dict[str, StackSource]:
+    """The envs of --swarm-side-by-side, and EXTRA: a copy of the main env on other ports, to remove."""
+    sources = {env: lifecycle.source(env) for env in lifecycle.settings.side_by_side}
+    if sources:
+        env_file = shifted_env(main.env_file, folder, "EXTRA", 100)
+        sources["EXTRA"] = StackSource(env="EXTRA", env_file=env_file, compose_files=main.compose_files)
+    return sources
+
+
+def shifted_env(source: Path, tmp_path: Path, name: str, shift: int) -> Path:
+    """A copy of ``source`` named ``name``, its *_PORT values moved by ``shift``."""
+    lines = []
+    for line in source.read_text().splitlines():
+        key, eq, value = line.partition("=")
+        if eq and key.endswith("_PORT") and value.isdigit():
+            value = str(int(value) + shift)
+        elif eq and key == "ENV":
+            value = name
+        lines.append(f"{key}{eq}{value}" if eq else line)
+    target = tmp_path / f"{name.lower()}.env"
+    target.write_text("\n".join(lines) + "\n")
+    return target
+
+
+class SideBySide:
+    """``sources`` (env name -> stack source) being deployed, each until it converges."""
+
+    def __init__(self, lifecycle: SwarmLifecycle, sources: Mapping[str, StackSource]) -> None:
+        self.envs = list(sources)
+        self.made: list[DeployedStack] = []  # removed even if its convergence fails
+        self._deploying: Together[str, DeployedStack] = Together(
+            {
+                env: partial(lifecycle.deploy, source, on_deployed=self.made.append)
+                for env, source in sources.items()
+            },
+            name="deploy",
+        )
+
+    def stacks(self) -> dict[str, DeployedStack]:
+        """Wait for every deploy; the converged stacks, or the first deploy's error."""
+        self._deploying.close()
+        return {env: self._deploying.outcome(env, timeout=0).get() for env in self.envs}
+
+    def remove(self) -> None:
+        """Remove every stack made, at the same time; raise if one could not be removed."""
+        self._deploying.close()
+        removing = Together({stack.name: stack.remove for stack in self.made}, name="remove")
+        removing.close()
+        made, self.made = self.made, []
+        for stack in made:
+            removing.outcome(stack.name, timeout=0).get()
