@@ -1,6 +1,7 @@
 """Scaling and a new node (the lesson's homework): replicas follow `service scale`, spread stays even,
 a new worker gets every global task at once, no replicated task moves to it, and the next new
-replicas go to it first. Every test puts the replicas and the nodes back as they were.
+replicas go to it first. Every test puts the replicas and the nodes back as they were. Each
+service is scaled at the same time as the others (pytest_swarm.together): they share no task.
 """
 
 from __future__ import annotations
@@ -8,6 +9,9 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
+from functools import partial
+
+import pytest
 
 from pytest_swarm.cluster import Cluster, Service
 from pytest_swarm.commands import run_docker
@@ -15,6 +19,7 @@ from pytest_swarm.placement import eligible
 from pytest_swarm.providers.base import Provider
 from pytest_swarm.settings import Settings
 from pytest_swarm.stack import DeployedStack
+from pytest_swarm.together import Together, selected_params
 from pytest_swarm.waiting import Poll, wait_for
 
 
@@ -58,27 +63,67 @@ def scaled_back(stack: DeployedStack, service: Service, timeout: float) -> Itera
         scale(stack, service, original, timeout)
 
 
-def test_scale_up_and_down_converges_evenly(
-    swarm: Cluster, swarm_stack: DeployedStack, swarm_settings: Settings, stateless_service: str
-) -> None:
-    service = swarm_stack.service(stateless_service)
-    with scaled_back(swarm_stack, service, swarm_settings.timeout) as original:
-        scale(swarm_stack, service, original + 2, swarm_settings.timeout)
-        counts = spread(swarm, service)
-        assert max(counts.values()) - min(counts.values()) <= 1, (
-            f"{stateless_service} scaled to {original + 2}: tasks per eligible node {counts}"
-        )
-        scale(swarm_stack, service, original, swarm_settings.timeout)
-        counts = spread(swarm, service)
-        assert max(counts.values()) - min(counts.values()) <= 1, (
-            f"{stateless_service} scaled back to {original}: tasks per eligible node {counts}"
-        )
+def scale_up_and_down(swarm: Cluster, stack: DeployedStack, name: str, timeout: float) -> list[str]:
+    """Scale ``name`` up by 2 and back; what was uneven after each step (empty: all even)."""
+    service = stack.service(name)
+    uneven = []
+    with scaled_back(stack, service, timeout) as original:
+        for replicas, step in ((original + 2, "scaled to"), (original, "scaled back to")):
+            scale(stack, service, replicas, timeout)
+            counts = spread(swarm, service)
+            if max(counts.values()) - min(counts.values()) > 1:
+                uneven.append(f"{name} {step} {replicas}: tasks per eligible node {counts}")
+    return uneven
+
+
+@pytest.fixture(scope="module")
+def scaled(
+    request: pytest.FixtureRequest, swarm: Cluster, swarm_stack: DeployedStack, swarm_settings: Settings
+) -> Iterator[Together[str, list[str]]]:
+    """Every selected stateless service scaled up and down at the same time (each its own)."""
+    wanted = set().union(*selected_params(request, ("stateless_service",)).values())
+    together: Together[str, list[str]] = Together(
+        {
+            name: partial(scale_up_and_down, swarm, swarm_stack, name, swarm_settings.timeout)
+            for name in wanted
+        },
+        name="scale",
+    )
+    try:
+        yield together
+    finally:
+        together.close()
+
+
+def test_scale_up_and_down_converges_evenly(scaled: Together[str, list[str]], stateless_service: str) -> None:
+    uneven = scaled.outcome(stateless_service, timeout=1800).get()
+    assert not uneven, "; ".join(uneven)
+
+
+def one_more_goes_to(
+    swarm: Cluster, stack: DeployedStack, service: Service, worker: str, timeout: float
+) -> str:
+    """Scale ``service`` up by one and back: where the new task went, if not to ``worker``."""
+    with scaled_back(stack, service, timeout) as original:
+        scale(stack, service, original + 1, timeout)
+        where = per_node(swarm, service)
+    if where.get(worker) == 1:
+        return ""
+    return (
+        f"{service.name} scaled to {original + 1}: the new task should go to the empty {worker}; "
+        f"tasks per node {dict(where)}"
+    )
 
 
 def test_a_new_worker_gets_global_tasks_and_the_next_replicas(
-    swarm: Cluster, swarm_stack: DeployedStack, swarm_node_control: Provider, swarm_settings: Settings
+    swarm: Cluster,
+    swarm_stack: DeployedStack,
+    swarm_node_control: Provider,
+    swarm_settings: Settings,
+    scaled: Together[str, list[str]],
 ) -> None:
     """Skipped where the provider can't add nodes (attach: someone else's swarm)."""
+    scaled.close()  # the scale checks of this module are done before a node joins
     swarm_provider = swarm_node_control
     services = swarm_stack.services()
     replicated = [s for s in services if s.mode == "replicated"]
@@ -107,14 +152,16 @@ def test_a_new_worker_gets_global_tasks_and_the_next_replicas(
             and eligible([node], s.constraints)
         ]
         assert growing, f"no stateless replicated service may run on {worker}"
-        for service in growing:
-            with scaled_back(swarm_stack, service, swarm_settings.timeout) as original:
-                scale(swarm_stack, service, original + 1, swarm_settings.timeout)
-                where = per_node(swarm, service)
-                assert where.get(worker) == 1, (
-                    f"{service.name} scaled to {original + 1}: the new task should go to the empty {worker}; "
-                    f"tasks per node {dict(where)}"
-                )
+        placed = Together(
+            {
+                s.name: partial(one_more_goes_to, swarm, swarm_stack, s, worker, swarm_settings.timeout)
+                for s in growing
+            },
+            name="grow",
+        )
+        placed.close()
+        wrong = [placed.outcome(s.name, timeout=0).get() for s in growing]
+        assert not any(wrong), "; ".join(w for w in wrong if w)
     finally:
         swarm_provider.remove_node(worker)
     for service in services:
