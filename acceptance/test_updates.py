@@ -3,12 +3,13 @@
 The update goes to the ``-next`` version of the service's image and the failing one to its
 ``-broken`` version (same code, a healthcheck that fails), both built before the cluster started.
 
-The services' updates run at the same time (pytest_swarm.together): each service has a thread
-that rolls it to ``-next`` (sending requests through its published port meanwhile, when that
-test is selected), restores it, then updates it to ``-broken`` and restores it again. The tests
-check what their part of that chain recorded. A restore puts back the service's exact spec:
-first its original image with every task replaced at once, then its declared update_config
-(which alone replaces no task).
+Everything runs at the same time (pytest_swarm.together): each service's rolling update to
+``-next`` on the stack's own service (sending requests through its published port meanwhile,
+when that test is selected), then its restore; and each service's failing version on a copy of
+the service in a stack of its own (same image, deploy section and healthcheck; no published
+port), removed after the module. The tests check what their operation recorded. A restore puts
+back the service's exact spec: first its original image with every task replaced at once, then
+its declared update_config (which alone replaces no task).
 """
 
 from __future__ import annotations
@@ -20,19 +21,24 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
 from typing import Any
 
 import docker
 import pytest
+import yaml
 
 from pytest_swarm import declared, mesh
 from pytest_swarm.capabilities import FEATURES
 from pytest_swarm.cluster import Cluster, Service, seconds
 from pytest_swarm.commands import run_docker
+from pytest_swarm.evidence import DEPLOYED
 from pytest_swarm.images import variant_ref
-from pytest_swarm.stack import DeployedStack
-from pytest_swarm.together import Outcome, Together, selected_params, timed
+from pytest_swarm.lifecycle import SwarmLifecycle, lifecycle_of
+from pytest_swarm.stack import DeployedStack, StackSource
+from pytest_swarm.together import Together, selected_params
 from pytest_swarm.waiting import Poll, wait_for
 
 START_ALLOWANCE = 20.0  # seconds a new task gets to start, beyond its first healthcheck
@@ -62,6 +68,7 @@ class Rolled:
 class Failed:
     """What an update to ``-broken`` showed."""
 
+    stack: DeployedStack  # the copy's
     original: str
     broken: str
     expected: str
@@ -71,34 +78,31 @@ class Failed:
     waits: list[Wait]
 
 
-@dataclass
-class Chain:
-    """One service's parts, each with its own outcome and time."""
-
-    parts: dict[str, Outcome[Any]] = field(default_factory=dict)
-
-
 class Updates:
-    """The running chains of this module, and how each test reads its part."""
+    """This module's operations, all started at once: each selected service's rolling update
+    (on the stack's own service) and its failing version (on a copy in a stack of its own)."""
 
-    def __init__(self, swarm: Cluster, stack: DeployedStack, wanted: dict[str, set[str]]) -> None:
+    def __init__(
+        self,
+        lifecycle: SwarmLifecycle,
+        swarm: Cluster,
+        stack: DeployedStack,
+        wanted: dict[str, set[str]],
+        folder: Path,
+    ) -> None:
+        self.lifecycle = lifecycle
         self.swarm = swarm
         self.stack = stack
-        services = sorted(set().union(*wanted.values())) if wanted else []
+        self.folder = folder
+        self.copies: list[DeployedStack] = []
         mesh_missing = swarm.missing_capability(FEATURES["needs_routing_mesh"][0])
         probed = wanted.get(TRAFFIC, set()) if not mesh_missing else set()  # else that test skips
-        self.together: Together[str, Chain] = Together(
-            {
-                name: lambda name=name: self.chain(
-                    name,
-                    roll=name in wanted.get(ROLL, set()) | probed,
-                    traffic=name in probed,
-                    fail=name in wanted.get(FAIL, set()),
-                )
-                for name in services
-            },
-            name="update",
-        )
+        operations: dict[tuple[str, str], Callable[[], Any]] = {}
+        for name in sorted(wanted.get(ROLL, set()) | probed):
+            operations["roll", name] = partial(self.roll, name, name in probed)
+        for name in sorted(wanted.get(FAIL, set())):
+            operations["fail", name] = partial(self.fail, name)
+        self.together: Together[tuple[str, str], Any] = Together(operations, name="update")
 
     def part(
         self,
@@ -107,26 +111,21 @@ class Updates:
         declared_wait: Callable[[float, str], None] | None = None,
         took: Callable[[float, str], None] | None = None,
     ) -> Any:
-        """Wait for ``service``'s chain; return its ``part`` (or raise what that part raised),
-        after handing its own time and declared waits to the timing fixtures."""
-        chain = self.together.outcome(service, timeout=1800).get()
-        outcome = chain.parts[part]
+        """Wait for ``service``'s ``part``; return what it saw (or raise what it raised), after
+        handing its own time and declared waits to the timing fixtures."""
+        outcome = self.together.outcome((part, service), timeout=1800)
         if took is not None and declared_wait is not None and outcome.error is None:
-            took(outcome.seconds, f"its {part} and restore, beside the other services' updates")
+            took(outcome.seconds, f"its {part}, beside the other services' updates")
             for wait in outcome.value.waits:
                 declared_wait(*wait)
         return outcome.get()
 
-    def chain(self, name: str, roll: bool, traffic: bool, fail: bool) -> Chain:
-        chain = Chain()
-        service = self.stack.service(name)
-        spec = self.stack.declared(name)
-        before = copy.deepcopy(service.attrs["Spec"])
-        if roll:
-            chain.parts["roll"] = timed(lambda: self.roll(service, spec, before, traffic))
-        if fail:
-            chain.parts["fail"] = timed(lambda: self.fail(service, spec, before))
-        return chain
+    def close(self) -> None:
+        self.together.close()
+        removing = Together({stack.name: stack.remove for stack in self.copies}, name="remove")
+        removing.close()
+        for stack in self.copies:
+            removing.outcome(stack.name, timeout=0).get()
 
     def health(self, service: Service, spec: dict[str, Any]) -> declared.Healthcheck | None:
         """The compose healthcheck over the image's, read on the manager's engine (where the
@@ -137,7 +136,10 @@ class Updates:
             image = {}
         return declared.healthcheck(spec, image)
 
-    def roll(self, service: Service, spec: dict[str, Any], before: dict[str, Any], traffic: bool) -> Rolled:
+    def roll(self, name: str, traffic: bool) -> Rolled:
+        service = self.stack.service(name)
+        spec = self.stack.declared(name)
+        before = copy.deepcopy(service.attrs["Spec"])
         config = declared.update_config(spec)
         target = variant_or_skip(self.swarm, service, "next")
         original = service.image
@@ -165,22 +167,31 @@ class Updates:
                 answers += mesh.probe(address, port, count=1, timeout=2)
             self.together.sleep(0.05)
 
-    def fail(self, service: Service, spec: dict[str, Any], before: dict[str, Any]) -> Failed:
+    def fail(self, name: str) -> Failed:
+        """Deploy a copy of ``name`` in a stack of its own (its image, deploy section, healthcheck;
+        no published port), converged; update it to ``-broken``; see how the update ends."""
+        spec = self.stack.declared(name)
         config = declared.update_config(spec)
         if config.failure_action == "continue":
-            pytest.skip(f"{service.name} declares failure_action continue: a failing version is kept")
-        broken = variant_or_skip(self.swarm, service, "broken")
+            pytest.skip(f"{name} declares failure_action continue: a failing version is kept")
+        broken = variant_or_skip(self.swarm, self.stack.service(name), "broken")
+        compose = copy_of(self.folder / f"U{name}.yml", name, spec)
+        main = self.stack.source
+        source = StackSource(
+            env=main.env, env_file=main.env_file, compose_files=(compose,), stack_name=f"U{name[:20]}"
+        )
+        stack = self.lifecycle.deploy(source, on_deployed=self.copies.append)
+        service = stack.service(name)
         health = self.health(service, spec)
         deadline = update_deadline(spec, config, health)
         expected = "rollback_completed" if config.failure_action == "rollback" else "paused"
-        try:
-            update_image(self.stack, service, broken)
-            state = wait_update(service, deadline, self.together.sleep)
-            images = sorted({t.image.split("@")[0] for t in service.running_tasks()})
-        finally:
-            self.restore(service, before, deadline)
+        update_image(stack, service, broken)
+        state = wait_update(service, deadline, self.together.sleep)
+        images = sorted({t.image.split("@")[0] for t in service.running_tasks()})
         waits = failure_waits(spec, config, health)
-        return Failed(service.image, broken, expected, state, images, deadline, waits)
+        if health:  # the copy's tasks, before they count as started
+            waits.append((health.interval, f"the copy's first healthcheck {health.interval:g} s"))
+        return Failed(stack, service.image, broken, expected, state, images, deadline, waits)
 
     def restore(self, service: Service, before: dict[str, Any], timeout: float) -> None:
         """Back to the spec ``before`` with every task on its image, whatever the update left."""
@@ -205,6 +216,14 @@ class Updates:
         if service.attrs["Spec"] != before:
             service.replace_spec(before)  # only update_config differs now: no task is replaced
         assert service.reload().attrs["Spec"] == before, f"{service.name}: spec not restored"
+
+
+def copy_of(path: Path, name: str, spec: dict[str, Any]) -> Path:
+    """A compose file of one service: ``spec`` without its published ports, networks (the copy
+    gets its stack's default network) and volumes; deploy section and healthcheck as declared."""
+    service = {k: v for k, v in spec.items() if k not in ("ports", "networks", "volumes")}
+    path.write_text(yaml.safe_dump({"version": "3.8", "services": {name: service}}))
+    return path
 
 
 def name_in_stack(stack: DeployedStack, service: Service) -> str:
@@ -323,15 +342,21 @@ def batches(starts: list[float], delay: float) -> list[list[float]]:
 
 
 @pytest.fixture(scope="module")
-def updates(request: pytest.FixtureRequest, swarm: Cluster, swarm_stack: DeployedStack) -> Iterator[Updates]:
-    """Every selected service's chain, started at once; the module ends when all are restored."""
+def updates(
+    request: pytest.FixtureRequest,
+    swarm: Cluster,
+    swarm_stack: DeployedStack,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[Updates]:
+    """Every selected update, started at once; the module ends when all are restored or removed."""
     params = selected_params(request, ("updated_service", "published_updated_service"))
     wanted = {test: {str(s) for s in services} for test, services in params.items()}
-    running = Updates(swarm, swarm_stack, wanted)
+    lifecycle = lifecycle_of(request.config)
+    running = Updates(lifecycle, swarm, swarm_stack, wanted, tmp_path_factory.mktemp("updates"))
     try:
         yield running
     finally:
-        running.together.close()
+        running.close()
 
 
 def test_rolling_update_follows_update_config(
@@ -369,6 +394,7 @@ def test_rolling_update_follows_update_config(
 
 
 def test_a_failing_version_is_rolled_back_or_paused(
+    request: pytest.FixtureRequest,
     updates: Updates,
     updated_service: str,
     swarm_declared_wait: Callable[[float, str], None],
@@ -376,6 +402,7 @@ def test_a_failing_version_is_rolled_back_or_paused(
 ) -> None:
     config = declared.update_config(updates.stack.declared(updated_service))
     failed: Failed = updates.part(updated_service, "fail", swarm_declared_wait, swarm_took)
+    request.node.stash.setdefault(DEPLOYED, []).append(failed.stack)  # its evidence on failure
     assert failed.state == failed.expected, (
         f"{updated_service}: declared failure_action {config.failure_action}; an update to {failed.broken} "
         f"(failing healthcheck) ended {failed.state!r}, expected {failed.expected!r} "
