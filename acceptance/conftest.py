@@ -14,8 +14,8 @@ import pytest
 
 from pytest_swarm import declared
 from pytest_swarm.lifecycle import lifecycle_of
-from pytest_swarm.side_by_side import SIDE_BY_SIDE, SideBySide, side_by_side_sources
 from pytest_swarm.stack import DeployedStack
+from pytest_swarm.together import EARLY
 
 Spec = Mapping[str, Any]
 PARAMETERS: dict[str, Callable[[Spec], bool]] = {
@@ -46,23 +46,28 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
 
 
 @pytest.fixture(scope="session", autouse=True)
-def _side_by_side_from_the_start(
+def _started_early(
     request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[None]:
-    """When a selected test uses ``side_by_side``, start deploying those envs once the main
-    stack is up, so their waits overlap the other suites (pytest_swarm.side_by_side)."""
-    lifecycle = lifecycle_of(request.config)
-    wanted = any("side_by_side" in getattr(item, "fixturenames", ()) for item in request.session.items)
-    if wanted and lifecycle.settings.side_by_side and SIDE_BY_SIDE not in request.config.stash:
+    """A suite whose checks mostly wait on things of their own (stacks of their own, other envs)
+    defines ``start_early(request, main_stack, folder)``, returning a handle with ``close()``.
+    When one of its tests is selected, it is started as soon as the main stack is up, so its
+    waits overlap the other suites; the suite's module fixture takes the handle (take_early)."""
+    modules = {
+        item.module.__name__: item.module
+        for item in request.session.items
+        if hasattr(item.module, "start_early")
+    }
+    started = request.config.stash.setdefault(EARLY, {})
+    if modules:
         try:
-            main: DeployedStack = request.getfixturevalue("swarm_stack")
-        except BaseException:
-            main = None
-        if main is not None:
-            sources = side_by_side_sources(lifecycle, main.source, tmp_path_factory.mktemp("extra"))
-            request.config.stash[SIDE_BY_SIDE] = SideBySide(lifecycle, sources)
+            main: DeployedStack | None = request.getfixturevalue("swarm_stack")
+        except (Exception, pytest.fail.Exception, pytest.skip.Exception):
+            main = None  # the tests that need the stack say why it is missing
+        for name, module in sorted(modules.items()) if main is not None else []:
+            handle = module.start_early(request, main, tmp_path_factory.mktemp(name.rpartition(".")[2]))
+            if handle is not None:
+                started[name] = handle
     yield
-    left = request.config.stash.get(SIDE_BY_SIDE, None)  # the module never ran (e.g. -x stopped it)
-    if left is not None:
-        del request.config.stash[SIDE_BY_SIDE]
-        left.remove()
+    while started:  # a module that never ran (e.g. -x stopped the run) leaves nothing behind
+        started.popitem()[1].close()

@@ -17,8 +17,9 @@ from pytest_swarm import mesh
 from pytest_swarm.cluster import STACK_LABEL, Cluster
 from pytest_swarm.errors import StackError
 from pytest_swarm.lifecycle import lifecycle_of
-from pytest_swarm.side_by_side import SIDE_BY_SIDE, SideBySide, shifted_env, side_by_side_sources
+from pytest_swarm.side_by_side import SideBySide, shifted_env, side_by_side_sources
 from pytest_swarm.stack import DeployedStack
+from pytest_swarm.together import take_early
 
 
 @pytest.fixture(scope="module")
@@ -27,18 +28,22 @@ def side_by_side(
 ) -> Iterator[dict[str, DeployedStack]]:
     """The side-by-side envs and EXTRA, each converged (deployed at the same time, from the
     session's start when acceptance/conftest.py started them); all removed after this module."""
-    if not lifecycle_of(request.config).settings.side_by_side:
-        pytest.skip("no other env to deploy side by side (--swarm-side-by-side, envs/*.env)")
-    deploying = request.config.stash.get(SIDE_BY_SIDE, None)
+    deploying = take_early(request) or start_early(request, swarm_stack, tmp_path_factory.mktemp("extra"))
     if deploying is None:
-        lifecycle = lifecycle_of(request.config)
-        sources = side_by_side_sources(lifecycle, swarm_stack.source, tmp_path_factory.mktemp("extra"))
-        deploying = request.config.stash[SIDE_BY_SIDE] = SideBySide(lifecycle, sources)
+        pytest.skip("no other env to deploy side by side (--swarm-side-by-side, envs/*.env)")
     try:
         yield deploying.stacks()
     finally:
-        del request.config.stash[SIDE_BY_SIDE]
         deploying.remove()
+
+
+def start_early(request: pytest.FixtureRequest, main: DeployedStack, folder: Path) -> SideBySide | None:
+    """Deploy the side-by-side envs and EXTRA, all at once (acceptance/conftest.py calls this at
+    the session's start when a test of this module is selected)."""
+    lifecycle = lifecycle_of(request.config)
+    if not lifecycle.settings.side_by_side:
+        return None
+    return SideBySide(lifecycle, side_by_side_sources(lifecycle, main.source, folder))
 
 
 @pytest.fixture(scope="module")

@@ -4,12 +4,15 @@
 Killing the stack's own tasks over and over would use up their attempts, so each check deploys
 a stack of its own: one task of the service's image and placement whose process exits at once,
 under exactly the restart policy the service declares. Every check's stack is deployed and
-watched at the same time (pytest_swarm.together); each run's start and end come from the
-``start``/``die`` events of the engine it ran on, so no run is missed however short it is.
+watched at the same time (pytest_swarm.together), from the session's start when a test of this
+module is selected (acceptance/conftest.py), and removed after this module. Each run's start
+and end come from the ``start``/``die`` events of the engine it ran on, so no run is missed
+however short it is.
 """
 
 from __future__ import annotations
 
+import sys
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -22,11 +25,10 @@ import pytest
 import yaml
 
 from pytest_swarm import declared
-from pytest_swarm.cluster import Cluster
 from pytest_swarm.evidence import DEPLOYED
 from pytest_swarm.lifecycle import lifecycle_of
 from pytest_swarm.stack import DeployedStack, StackSource
-from pytest_swarm.together import Together, selected_params
+from pytest_swarm.together import Together, selected_params, take_early
 
 RESTARTS = "test_failures_are_restarted_up_to_max_attempts_with_the_delay"
 CLEAN = "test_a_clean_exit_is_not_restarted_on_failure"
@@ -71,43 +73,63 @@ class Watched:
     waits: list[tuple[float, str]]
 
 
-def runs_of(engines: dict[str, docker.DockerClient], service: str, since: float) -> list[Run]:
-    """The finished runs of ``service``'s containers, from each engine's events since ``since``."""
-    runs = []
-    for node, engine in engines.items():
-        started: dict[str, float] = {}
-        events = engine.api.events(
-            since=since,
-            until=time.time(),
-            filters={
-                "type": "container",
-                "event": ["start", "die"],
-                "label": f"com.docker.swarm.service.name={service}",
-            },
-            decode=True,
-        )
-        for event in events:
-            at = event["timeNano"] / 1e9
-            if event["Action"] == "start":
-                started[event["id"]] = at
-            elif event["id"] in started:
-                code = int(event["Actor"]["Attributes"].get("exitCode", -1))
-                runs.append(Run(node, started.pop(event["id"]), at, code))
-    return sorted(runs, key=lambda r: r.started)
+class RunLog:
+    """The runs of one service's containers, from the ``start``/``die`` events of every engine.
+
+    An engine replays only its last 256 events to a ``since`` query, and the healthchecks of a
+    busy node (three execs per check) push older ones out within seconds; so each look asks
+    only for the events since the previous one (with a second's overlap, deduplicated) and the
+    log keeps them."""
+
+    def __init__(self, engines: dict[str, docker.DockerClient], service: str) -> None:
+        self.engines = engines
+        self.service = service
+        self.since = time.time() - 1
+        self._seen: set[tuple[str, str, int]] = set()
+        self._started: dict[str, tuple[str, float]] = {}
+        self.runs: list[Run] = []
+
+    def look(self) -> list[Run]:
+        """Read the new events; every finished run so far, in order of start."""
+        until = time.time()
+        for node, engine in self.engines.items():
+            events = engine.api.events(
+                since=self.since - 1,
+                until=until,
+                filters={
+                    "type": "container",
+                    "event": ["start", "die"],
+                    "label": f"com.docker.swarm.service.name={self.service}",
+                },
+                decode=True,
+            )
+            for event in events:
+                key = (event["id"], event["Action"], event["timeNano"])
+                if key in self._seen:
+                    continue
+                self._seen.add(key)
+                at = event["timeNano"] / 1e9
+                if event["Action"] == "start":
+                    self._started[event["id"]] = (node, at)
+                elif event["id"] in self._started:
+                    where, started = self._started.pop(event["id"])
+                    code = int(event["Actor"]["Attributes"].get("exitCode", -1))
+                    self.runs.append(Run(where, started, at, code))
+        self.since = until
+        self.runs.sort(key=lambda r: r.started)
+        return list(self.runs)
 
 
 class Crashers:
     """One crasher stack per (check, service), deployed and watched at the same time."""
 
-    def __init__(
-        self, request: pytest.FixtureRequest, swarm: Cluster, main: DeployedStack, folder: Path
-    ) -> None:
+    def __init__(self, request: pytest.FixtureRequest, main: DeployedStack, folder: Path) -> None:
         self.lifecycle = lifecycle_of(request.config)
-        self.swarm = swarm
+        self.swarm = main.cluster
         self.main = main
         self.folder = folder
         self.made: list[DeployedStack] = []
-        wanted = selected_params(request, ("restarting_service",))
+        wanted = selected_params(request, ("restarting_service",), module=sys.modules[__name__])
         self.together: Together[tuple[str, str], Watched] = Together(
             {
                 (test, str(service)): (lambda test=test, service=str(service): self.watch(test, service))
@@ -126,18 +148,17 @@ class Crashers:
             pytest.skip(f"runs are read from each node's engine events; no engine reached on {unreached}")
         name = f"{'R' if test == RESTARTS else 'C'}{service[:20]}"
         compose = crasher(self.folder / f"{name}.yml", self.main.declared(service), EXIT_CODES[test])
-        since = time.time() - 1
         main = self.main.source
         source = StackSource(env=main.env, env_file=main.env_file, compose_files=(compose,), stack_name=name)
+        log = RunLog(self.swarm.engines, f"{name}_crasher")  # from before its first run
         stack = self.lifecycle.deploy(source, on_deployed=self.made.append, wait=False)
         expected = 1 + (policy.max_attempts or 0) if test == RESTARTS else 1
         budget = expected * (policy.delay + 10) + 30
         deadline = time.monotonic() + budget
-        full = stack.full_name("crasher")
         runs: list[Run] = []
         while len(runs) < expected and time.monotonic() < deadline:
             self.together.sleep(0.2)
-            runs = runs_of(self.swarm.engines, full, since)
+            runs = log.look()
         # No further run may start within the delay and the slowest start seen, plus a margin.
         slowest = max((b.started - a.ended - policy.delay for a, b in pairwise(runs)), default=0.0)
         quiet_until = time.time() + policy.delay + max(slowest, 0.0) + MARGIN
@@ -145,7 +166,7 @@ class Crashers:
             quiet_until = runs[-1].ended + policy.delay + max(slowest, 0.0) + MARGIN
         while time.time() < quiet_until and time.monotonic() < deadline:
             self.together.sleep(0.2)
-        runs = runs_of(self.swarm.engines, full, since)
+        runs = log.look()
         attempts = policy.max_attempts or 0
         why = f"restart delay {policy.delay:g} s x {attempts} + 1 (no run after the last)"
         waits = [(policy.delay * (attempts + 1), why)]
@@ -170,14 +191,17 @@ def skip_unless_checkable(test: str, service: str, policy: declared.RestartPolic
         pytest.skip(f"{service} declares condition {policy.condition}, not on-failure")
 
 
+def start_early(request: pytest.FixtureRequest, main: DeployedStack, folder: Path) -> Crashers:
+    """Deploy and watch every selected check's stack (acceptance/conftest.py calls this at the
+    session's start when a test of this module is selected)."""
+    return Crashers(request, main, folder)
+
+
 @pytest.fixture(scope="module")
 def crashers(
-    request: pytest.FixtureRequest,
-    swarm: Cluster,
-    swarm_stack: DeployedStack,
-    tmp_path_factory: pytest.TempPathFactory,
+    request: pytest.FixtureRequest, swarm_stack: DeployedStack, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Crashers]:
-    running = Crashers(request, swarm, swarm_stack, tmp_path_factory.mktemp("crashers"))
+    running = take_early(request) or start_early(request, swarm_stack, tmp_path_factory.mktemp("crashers"))
     try:
         yield running
     finally:

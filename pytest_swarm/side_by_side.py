@@ -13,13 +13,9 @@ from collections.abc import Mapping
 from functools import partial
 from pathlib import Path
 
-import pytest
-
 from .lifecycle import SwarmLifecycle
 from .stack import DeployedStack, StackSource
 from .together import Together
-
-SIDE_BY_SIDE = pytest.StashKey["SideBySide"]()
 
 
 def side_by_side_sources(
@@ -66,6 +62,9 @@ class SideBySide:
         """Wait for every deploy; the converged stacks, or the first deploy's error."""
         self._deploying.close()
         return {env: self._deploying.outcome(env, timeout=0).get() for env in self.envs}
+
+    def close(self) -> None:
+        self.remove()
 
     def remove(self) -> None:
         """Remove every stack made, at the same time; raise if one could not be removed."""

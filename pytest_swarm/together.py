@@ -18,6 +18,7 @@ import weakref
 from collections.abc import Callable, Hashable, Iterable, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
+from types import ModuleType
 from typing import Any, Generic, TypeVar, cast
 
 import pytest
@@ -95,16 +96,30 @@ class Together(Generic[K, T]):
         _LIVE.discard(self)
 
 
-def selected_params(request: pytest.FixtureRequest, argnames: Iterable[str]) -> dict[str, set[Any]]:
-    """For each test function of the requesting module: the values its parameter (the first of
-    ``argnames`` it has) takes in the items this run will execute (after -k, --deselect, ...)."""
+def selected_params(
+    request: pytest.FixtureRequest, argnames: Iterable[str], module: ModuleType | None = None
+) -> dict[str, set[Any]]:
+    """For each test function of ``module`` (default: the requesting one): the values its
+    parameter (the first of ``argnames`` it has) takes in the items this run will execute
+    (after -k, --deselect, ...)."""
     names = tuple(argnames)
+    module = module or request.module
     found: dict[str, set[Any]] = {}
     for item in request.session.items:
-        if not isinstance(item, pytest.Function) or item.module is not request.module:
+        if not isinstance(item, pytest.Function) or item.module is not module:
             continue
         params = getattr(item, "callspec", None)
         argname = next((a for a in names if params is not None and a in params.params), None)
         if params is not None and argname is not None:
             found.setdefault(item.originalname, set()).add(params.params[argname])
     return found
+
+
+# Handles of operations a suite module started at the session's start (acceptance/conftest.py
+# calls the module's ``start_early``), by module name, until the module's fixture takes them.
+EARLY = pytest.StashKey[dict[str, Any]]()
+
+
+def take_early(request: pytest.FixtureRequest) -> Any | None:
+    """What the requesting module's ``start_early`` returned, if it ran; the caller closes it."""
+    return request.config.stash.get(EARLY, {}).pop(request.module.__name__, None)
