@@ -1,0 +1,97 @@
+"""Benchmark: the acceptance suite as a user runs it, provisioning included, and its time split.
+
+    python bench/suite.py [--rounds 1] [--provider dind|uml] [--env dev]
+
+Each round runs the README's command for the provider in a fresh process (dind: every suite;
+uml: the suites that need IPVS), timed from outside, and reads the JUnit XML it wrote: every
+test's declared waits (update delay, monitor, restart delay, first healthcheck) and the rest.
+Prints the wall time of each round against its target (dind 240 s, uml 600 s), the rest as a
+share of the declared waits for the whole suite and for each test that declared any, and
+exits 1 when a round failed its tests.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+TARGETS = {"dind": 240.0, "uml": 600.0}
+REST_TARGET = 0.5
+UML_SELECTION = [
+    "-m",
+    "needs_routing_mesh or needs_vip",
+    "--deselect",
+    "acceptance/test_environments.py::test_each_env_answers_on_its_own_port_with_its_env",
+]
+
+
+def command(provider: str, env: str, junit: Path) -> list[str]:
+    args = [sys.executable, "-m", "pytest", f"--swarm-env={env}", "acceptance/", f"--junitxml={junit}", "-q"]
+    if provider == "uml":
+        args += ["--swarm-provider=uml", *UML_SELECTION]
+    return args
+
+
+def splits(junit: Path) -> tuple[list[tuple[str, float, float]], dict[str, int]]:
+    """(test, declared s, rest s) of every test that declared waits; and the outcome counts."""
+    root = ET.parse(junit).getroot()
+    found, counts = [], {"tests": 0, "failures": 0, "errors": 0, "skipped": 0}
+    for suite in root.iter("testsuite"):
+        for key in counts:
+            counts[key] += int(suite.get(key, 0))
+    for case in root.iter("testcase"):
+        props = {p.get("name"): p.get("value") for p in case.iter("property")}
+        if "swarm_declared_wait_seconds" in props:
+            name = f"{case.get('classname')}::{case.get('name')}"
+            found.append(
+                (
+                    name,
+                    float(props["swarm_declared_wait_seconds"] or 0),
+                    float(props["swarm_rest_seconds"] or 0),
+                )
+            )
+    return found, counts
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rounds", type=int, default=1)
+    parser.add_argument("--provider", choices=sorted(TARGETS), default="dind")
+    parser.add_argument("--env", default="dev")
+    options = parser.parse_args()
+    walls, failed = [], False
+    with tempfile.TemporaryDirectory(prefix="bench-suite-") as folder:
+        for round_ in range(1, options.rounds + 1):
+            junit = Path(folder) / f"round-{round_}.xml"
+            started = time.monotonic()
+            done = subprocess.run(command(options.provider, options.env, junit), cwd=ROOT, check=False)
+            walls.append(time.monotonic() - started)
+            found, counts = splits(junit)
+            failed |= done.returncode != 0
+            declared = sum(d for _, d, _ in found)
+            rest = sum(r for _, _, r in found)
+            target = TARGETS[options.provider]
+            print(
+                f"round {round_}: {walls[-1]:.1f} s (target {target:g} s), exit {done.returncode}, {counts}"
+            )
+            if declared:
+                share = f"{rest / declared:.0%} of them; target <= {REST_TARGET:.0%}"
+                print(f"  declared waits {declared:.1f} s, rest {rest:.1f} s ({share})")
+            for name, d, r in found:
+                mark = "" if r <= REST_TARGET * d else "  <- over"
+                print(f"  {name}: declared {d:.1f} s, rest {r:.1f} s ({r / d:.0%}){mark}")
+    median = statistics.median(walls)
+    spread = f"{len(walls)} round(s), min {min(walls):.1f}, max {max(walls):.1f}"
+    print(f"{options.provider} suite: median {median:.1f} s over {spread}")
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
