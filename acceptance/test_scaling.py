@@ -129,6 +129,7 @@ def test_a_new_worker_gets_global_tasks_and_the_next_replicas(
     replicated = [s for s in services if s.mode == "replicated"]
     before = {s.name: {t.id for t in s.running_tasks()} for s in replicated}
     worker = swarm_provider.add_node()
+    worker_id = swarm.node(worker).id
     try:
         for service in (s for s in services if s.mode == "global"):
             wait_for(
@@ -165,9 +166,13 @@ def test_a_new_worker_gets_global_tasks_and_the_next_replicas(
     finally:
         swarm_provider.remove_node(worker)
     for service in services:
+        # whole again, and no task still reported running on the node that left (until the
+        # manager marks them orphaned they would look like running tasks to the next suite)
         wait_for(
             lambda service=service: Poll(
-                service.reload().running == service.desired > 0, f"{service.running}/{service.desired}"
+                service.reload().running == service.desired > 0
+                and not [t for t in service.running_tasks() if t.node_id == worker_id],
+                f"{service.running}/{service.desired}",
             ),
             what=f"{service.name} whole after {worker} left",
             timeout=swarm_settings.timeout,

@@ -43,6 +43,7 @@ from pytest_swarm.waiting import Poll, wait_for
 
 START_ALLOWANCE = 20.0  # seconds a new task gets to start, beyond its first healthcheck
 DONE = ("completed", "paused", "rollback_completed", "rollback_paused")
+ENDED = ("shutdown", "failed", "complete", "rejected", "orphaned", "remove")  # a task's last states
 ROLL = "test_rolling_update_follows_update_config"
 TRAFFIC = "test_the_published_port_keeps_answering_during_an_update"
 FAIL = "test_a_failing_version_is_rolled_back_or_paused"
@@ -315,7 +316,7 @@ class TaskLog:
             for task in self.service.tasks():
                 if task.state == "running":
                     self.running.setdefault(task.id, (seconds(task.timestamp), task.slot, task.image))
-                elif task.state in ("shutdown", "failed", "complete", "rejected") and task.id in self.running:
+                elif task.state in ENDED and task.id in self.running:
                     self.ended.setdefault(task.id, seconds(task.timestamp))
 
     @contextmanager
@@ -383,7 +384,10 @@ def test_rolling_update_follows_update_config(
         assert all(g >= config.delay for g in gaps), (
             f"{updated_service}: declared delay {config.delay:g} s, gaps between batches {gaps}"
         )
-    by_slot_old = {v[1]: log.ended.get(t) for t, v in old.items()}
+    by_slot_old: dict[int | None, float | None] = {}
+    for task_id, (_, slot, _) in old.items():  # a slot may have had more than one old task
+        if by_slot_old.get(slot) is None:
+            by_slot_old[slot] = log.ended.get(task_id)
     for _task_id, (started, slot, _) in new.items():
         stopped = by_slot_old.get(slot)
         assert stopped is not None, f"{updated_service}: slot {slot}'s old task never stopped"
