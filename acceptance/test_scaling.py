@@ -166,13 +166,13 @@ def test_a_new_worker_gets_global_tasks_and_the_next_replicas(
     finally:
         swarm_provider.remove_node(worker)
     for service in services:
-        # whole again, and no task still reported running on the node that left (until the
-        # manager marks them orphaned they would look like running tasks to the next suite)
+        # Whole again, counting only tasks swarm wants running: a task of the node that left
+        # still counts in the service's running tasks until the manager marks it orphaned.
         wait_for(
             lambda service=service: Poll(
-                service.reload().running == service.desired > 0
-                and not [t for t in service.running_tasks() if t.node_id == worker_id],
-                f"{service.running}/{service.desired}",
+                len(running := service.reload().running_tasks()) == service.desired > 0
+                and not [t for t in running if t.node_id == worker_id],
+                f"{len(service.running_tasks())}/{service.desired} running",
             ),
             what=f"{service.name} whole after {worker} left",
             timeout=swarm_settings.timeout,

@@ -390,7 +390,10 @@ def test_rolling_update_follows_update_config(
             by_slot_old[slot] = log.ended.get(task_id)
     for _task_id, (started, slot, _) in new.items():
         stopped = by_slot_old.get(slot)
-        assert stopped is not None, f"{updated_service}: slot {slot}'s old task never stopped"
+        seen = {t[:12]: (v, log.ended.get(t)) for t, v in log.running.items() if v[1] == slot}
+        assert stopped is not None, (
+            f"{updated_service}: slot {slot}'s old task never stopped; its tasks seen {seen}"
+        )
         if config.order == "stop-first":
             assert stopped <= started, f"{updated_service} slot {slot}: stop-first, new task ran first"
         else:
