@@ -92,7 +92,7 @@ class RunLog:
     def look(self) -> list[Run]:
         """Read the new events; every finished run so far, in order of start."""
         until = time.time()
-        for node, engine in self.engines.items():
+        for node, engine in list(self.engines.items()):  # a node may join or leave meanwhile
             events = engine.api.events(
                 since=self.since - 1,
                 until=until,
@@ -173,6 +173,10 @@ class Crashers:
         if test == CLEAN:
             waits = [(policy.delay, f"restart delay {policy.delay:g} s (no run after a clean exit)")]
         return Watched(stack, runs, waits)
+
+    def wait(self) -> None:
+        """Until every check's runs are over (its stack stays until close)."""
+        self.together.close()
 
     def close(self) -> None:
         self.together.close()

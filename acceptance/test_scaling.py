@@ -43,8 +43,9 @@ def scale(stack: DeployedStack, service: Service, replicas: int, timeout: float)
     )
     wait_for(
         lambda: Poll(
-            len(service.reload().running_tasks()) == replicas == service.replicas,
-            f"{len(service.running_tasks())}/{replicas} running",
+            # the service's own count too: it includes tasks still stopping
+            len(service.reload().running_tasks()) == replicas == service.replicas == service.running,
+            f"{len(service.running_tasks())}/{replicas} running ({service.running} with those stopping)",
         ),
         what=f"{service.name} scaled to {replicas}",
         timeout=timeout,

@@ -206,7 +206,7 @@ class Updates:
             lambda: Poll(
                 service.reload().update_state not in ("updating", "rollback_started")
                 and {t.image for t in service.running_tasks()} == {image}
-                and len(service.running_tasks()) == service.replicas,
+                and len(service.running_tasks()) == service.replicas == service.running,  # none stopping
                 f"{service.update_state}, images {sorted({t.image for t in service.running_tasks()})}",
             ),
             what=f"{service.name} restored to {image}",

@@ -20,6 +20,7 @@ from .providers.base import Provider
 from .settings import Settings, available_envs
 from .stack import DeployedStack, StackSource
 from .timing import DECLARED_WAIT, TOOK
+from .together import wait_early
 
 T = TypeVar("T")
 
@@ -132,16 +133,18 @@ def swarm_node_hosts(request: pytest.FixtureRequest, swarm: Cluster) -> dict[str
     return {name: testinfra.get_host(spec) for name, spec in specs.items() if spec}
 
 
-@pytest.fixture(scope="session")
-def swarm_node_control(swarm_provider: Provider) -> Provider:
+@pytest.fixture
+def swarm_node_control(request: pytest.FixtureRequest, swarm_provider: Provider) -> Provider:
     """``swarm_provider``, for a test that adds, removes, stops or starts nodes.
 
     The test is skipped, with the provider's reason, where the provider can't change nodes
-    (attach: the swarm is someone else's).
+    (attach: the swarm is someone else's). What the suites started early (stacks of their own,
+    side-by-side envs) finishes first: a node leaving mid-way would change what they watch.
     """
     if not getattr(swarm_provider, "can_change_nodes", True):
         default = f"the {swarm_provider.name} provider can't change nodes"
         pytest.skip(str(getattr(swarm_provider, "fixed_nodes_reason", default)))
+    wait_early(request.config)  # what the suites started early finishes before nodes change
     return swarm_provider
 
 

@@ -63,6 +63,10 @@ class SideBySide:
         self._deploying.close()
         return {env: self._deploying.outcome(env, timeout=0).get() for env in self.envs}
 
+    def wait(self) -> None:
+        """Until every deploy has converged or failed."""
+        self._deploying.close()
+
     def close(self) -> None:
         self.remove()
 

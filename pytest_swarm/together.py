@@ -120,6 +120,13 @@ def selected_params(
 EARLY = pytest.StashKey[dict[str, Any]]()
 
 
+def wait_early(config: pytest.Config) -> None:
+    """Until what the suites started early is under way no more (a check that adds or stops
+    nodes first lets them finish: a node leaving mid-way would change what they watch)."""
+    for handle in list(config.stash.get(EARLY, {}).values()):
+        handle.wait()
+
+
 def take_early(request: pytest.FixtureRequest) -> Any | None:
     """What the requesting module's ``start_early`` returned, if it ran; the caller closes it."""
     return request.config.stash.get(EARLY, {}).pop(request.module.__name__, None)
