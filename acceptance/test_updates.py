@@ -423,15 +423,16 @@ def test_a_failing_version_is_rolled_back_or_paused(
 
 @pytest.mark.needs_routing_mesh
 def test_the_published_port_keeps_answering_during_an_update(
-    updates: Updates, published_updated_service: str, record_property: Any
+    request: pytest.FixtureRequest, updates: Updates, published_updated_service: str
 ) -> None:
     name = published_updated_service
     config = declared.update_config(updates.stack.declared(name))
     rolled: Rolled = updates.part(name, "roll")
     assert rolled.answers is not None, f"{name}: no request was sent during its update"
     failures = [a for a in rolled.answers if a.status != 200]
-    record_property("requests_during_update", len(rolled.answers))
-    record_property("failed_requests_during_update", len(failures))
+    # JUnit properties (record_property warns under the default xunit2 family; these are written all the same)
+    request.node.user_properties.append(("requests_during_update", len(rolled.answers)))
+    request.node.user_properties.append(("failed_requests_during_update", len(failures)))
     print(f"{name} ({config.order}): {len(failures)} of {len(rolled.answers)} requests failed")
     assert rolled.answers, f"{name}: its update ended before any request was answered"
     if config.order == "start-first":
