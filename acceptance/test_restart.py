@@ -28,7 +28,7 @@ from pytest_swarm import declared
 from pytest_swarm.evidence import DEPLOYED
 from pytest_swarm.lifecycle import lifecycle_of
 from pytest_swarm.stack import DeployedStack, StackSource
-from pytest_swarm.together import Together, selected_params, take_early
+from pytest_swarm.together import Together, remove_all, selected_params, take_early
 
 RESTARTS = "test_failures_are_restarted_up_to_max_attempts_with_the_delay"
 CLEAN = "test_a_clean_exit_is_not_restarted_on_failure"
@@ -180,10 +180,7 @@ class Crashers:
 
     def close(self) -> None:
         self.together.close()
-        removing = Together({stack.name: stack.remove for stack in self.made}, name="remove")
-        removing.close()
-        for stack in self.made:
-            removing.outcome(stack.name, timeout=0).get()  # a stack left behind fails the module
+        remove_all(self.made)
 
 
 def skip_unless_checkable(test: str, service: str, policy: declared.RestartPolicy) -> None:

@@ -38,7 +38,7 @@ from pytest_swarm.evidence import DEPLOYED
 from pytest_swarm.images import variant_ref
 from pytest_swarm.lifecycle import SwarmLifecycle, lifecycle_of
 from pytest_swarm.stack import DeployedStack, StackSource
-from pytest_swarm.together import Together, selected_params
+from pytest_swarm.together import Together, remove_all, selected_params
 from pytest_swarm.waiting import Poll, wait_for
 
 START_ALLOWANCE = 20.0  # seconds a new task gets to start, beyond its first healthcheck
@@ -123,10 +123,7 @@ class Updates:
 
     def close(self) -> None:
         self.together.close()
-        removing = Together({stack.name: stack.remove for stack in self.copies}, name="remove")
-        removing.close()
-        for stack in self.copies:
-            removing.outcome(stack.name, timeout=0).get()
+        remove_all(self.copies)
 
     def health(self, service: Service, spec: dict[str, Any]) -> declared.Healthcheck | None:
         """The compose healthcheck over the image's, read on the manager's engine (where the

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from .lifecycle import SwarmLifecycle
 from .stack import DeployedStack, StackSource
-from .together import Together
+from .together import Together, remove_all
 
 
 def side_by_side_sources(
@@ -73,8 +73,5 @@ class SideBySide:
     def remove(self) -> None:
         """Remove every stack made, at the same time; raise if one could not be removed."""
         self._deploying.close()
-        removing = Together({stack.name: stack.remove for stack in self.made}, name="remove")
-        removing.close()
         made, self.made = self.made, []
-        for stack in made:
-            removing.outcome(stack.name, timeout=0).get()
+        remove_all(made)

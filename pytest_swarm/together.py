@@ -130,3 +130,13 @@ def wait_early(config: pytest.Config) -> None:
 def take_early(request: pytest.FixtureRequest) -> Any | None:
     """What the requesting module's ``start_early`` returned, if it ran; the caller closes it."""
     return request.config.stash.get(EARLY, {}).pop(request.module.__name__, None)
+
+
+def remove_all(stacks: Iterable[Any]) -> None:
+    """``stack.remove()`` for every stack at the same time; after all ran, raise the first error
+    (a stack left behind fails whoever removes it)."""
+    by_name = {stack.name: stack for stack in stacks}
+    removing = Together({name: stack.remove for name, stack in by_name.items()}, name="remove")
+    removing.close()
+    for name in by_name:
+        removing.outcome(name, timeout=0).get()

@@ -3,7 +3,7 @@ import time
 
 import pytest
 
-from pytest_swarm.together import Interrupted, Together, interrupt_all, timed
+from pytest_swarm.together import Interrupted, Together, interrupt_all, remove_all, timed
 
 
 def test_operations_run_at_the_same_time_and_each_keeps_its_outcome() -> None:
@@ -61,3 +61,20 @@ def test_an_interrupt_ends_the_waits_of_running_operations() -> None:
 def test_timed_keeps_the_wall_time() -> None:
     outcome = timed(lambda: time.sleep(0.05) or "done")
     assert outcome.get() == "done" and 0.04 < outcome.seconds < 1
+
+
+def test_remove_all_removes_every_stack_then_names_the_first_failure() -> None:
+    removed: list[str] = []
+
+    class Stack:
+        def __init__(self, name: str, fails: bool = False) -> None:
+            self.name, self.fails = name, fails
+
+        def remove(self) -> None:
+            removed.append(self.name)
+            if self.fails:
+                raise RuntimeError(f"{self.name}: network still in use")
+
+    with pytest.raises(RuntimeError, match="STAGE: network still in use"):
+        remove_all([Stack("STAGE", fails=True), Stack("PROD"), Stack("EXTRA")])
+    assert sorted(removed) == ["EXTRA", "PROD", "STAGE"]
