@@ -64,7 +64,9 @@ def _started_early(
             main: DeployedStack | None = request.getfixturevalue("swarm_stack")
         except (Exception, pytest.fail.Exception, pytest.skip.Exception):
             main = None  # the tests that need the stack say why it is missing
-        for name, module in sorted(modules.items()) if main is not None else []:
+        # in the order the modules ask (START_EARLY_ORDER, default 0), then by name
+        order = sorted(modules.items(), key=lambda kv: (getattr(kv[1], "START_EARLY_ORDER", 0), kv[0]))
+        for name, module in order if main is not None else []:
             handle = module.start_early(request, main, tmp_path_factory.mktemp(name.rpartition(".")[2]))
             if handle is not None:
                 started[name] = handle

@@ -9,7 +9,7 @@ the other suites run meanwhile (they check only the main stack's services).
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from functools import partial
 from pathlib import Path
 
@@ -47,16 +47,24 @@ def shifted_env(source: Path, tmp_path: Path, name: str, shift: int) -> Path:
 class SideBySide:
     """``sources`` (env name -> stack source) being deployed, each until it converges."""
 
-    def __init__(self, lifecycle: SwarmLifecycle, sources: Mapping[str, StackSource]) -> None:
+    def __init__(
+        self,
+        lifecycle: SwarmLifecycle,
+        sources: Mapping[str, StackSource],
+        after: Callable[[], None] = lambda: None,
+    ) -> None:
+        """``after``: what to wait for before deploying (work that would suffer from the load)."""
         self.envs = list(sources)
         self.made: list[DeployedStack] = []  # removed even if its convergence fails
+        self._after = after
         self._deploying: Together[str, DeployedStack] = Together(
-            {
-                env: partial(lifecycle.deploy, source, on_deployed=self.made.append)
-                for env, source in sources.items()
-            },
+            {env: partial(self._deploy, lifecycle, source) for env, source in sources.items()},
             name="deploy",
         )
+
+    def _deploy(self, lifecycle: SwarmLifecycle, source: StackSource) -> DeployedStack:
+        self._after()
+        return lifecycle.deploy(source, on_deployed=self.made.append)
 
     def stacks(self) -> dict[str, DeployedStack]:
         """Wait for every deploy; the converged stacks, or the first deploy's error."""
