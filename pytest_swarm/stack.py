@@ -298,13 +298,22 @@ class DeployedStack:
         return lines
 
     def remove(self, timeout: float = 120) -> None:
-        """``docker stack rm``, then wait for its services, networks and volumes to be gone."""
-        run_docker(["stack", "rm", self.name], host=self.cluster.manager_url, timeout=60)
+        """``docker stack rm``, then wait for its services, networks and volumes to be gone.
+
+        ``docker stack rm`` removes the services, then the networks at once: a network whose
+        tasks the manager has not reaped yet is refused ("is in use by task") and the CLI exits 1
+        with the rest removed. What it leaves is removed here, by the stack's label, once free.
+        """
+        try:
+            run_docker(["stack", "rm", self.name], host=self.cluster.manager_url, timeout=60)
+        except CommandError as exc:
+            if "in use by task" not in str(exc):
+                raise
         label = {"label": f"{STACK_LABEL}={self.name}"}
         client = self.cluster.client
 
         def probe() -> Poll[None]:
-            left = len(client.api.services(filters=label)) + len(client.api.networks(filters=label))
+            left = len(client.api.services(filters=label)) + _remove_networks(client, label)
             left += _remove_volumes(self.cluster.engines.values(), self.name)
             return Poll(left == 0, f"{left} services, networks or volumes left")
 
@@ -317,6 +326,22 @@ def _converged(service: Service) -> bool:
     if service.mode == "replicated":
         return service.running == service.desired == service.replicas
     return service.desired > 0 and service.running == service.desired
+
+
+def _remove_networks(client: docker.DockerClient, label: Mapping[str, str]) -> int:
+    """Try to remove the stack's networks left once their services are gone; returns how many are
+    still there (a task of a removed service still holds it until the manager reaps it)."""
+    left = 0
+    if client.api.services(filters=label):
+        return len(client.api.networks(filters=label))  # docker stack rm is still at work
+    for network in client.api.networks(filters=label):
+        try:
+            client.api.remove_network(network["Id"])
+        except docker.errors.NotFound:
+            pass
+        except docker.errors.APIError:
+            left += 1
+    return left
 
 
 def _remove_volumes(engines: Iterable[docker.DockerClient], stack: str) -> int:
