@@ -6,10 +6,14 @@ The update goes to the ``-next`` version of the service's image and the failing 
 Everything runs at the same time (pytest_swarm.together): each service's rolling update to
 ``-next`` on the stack's own service (sending requests through its published port meanwhile,
 when that test is selected), then its restore; and each service's failing version on a copy of
-the service in a stack of its own (same image, deploy section and healthcheck; no published
-port), removed after the module. The tests check what their operation recorded. A restore puts
-back the service's exact spec: first its original image with every task replaced at once, then
-its declared update_config (which alone replaces no task).
+the service (same image, deploy section and healthcheck; no published port). The copies share
+one stack, deployed by the first failing version to start and removed after the module: one
+new overlay network, not one per copy (engine 20.10 can stall a node 30 s when it joins two new
+networks at the same moment: "Bulk sync to node ... timed out" in its dockerd log).
+
+The tests check what their operation recorded. A restore puts back the service's exact spec:
+first its original image with every task replaced at once, then its declared update_config
+(which alone replaces no task).
 """
 
 from __future__ import annotations
@@ -81,7 +85,7 @@ class Failed:
 
 class Updates:
     """This module's operations, all started at once: each selected service's rolling update
-    (on the stack's own service) and its failing version (on a copy in a stack of its own)."""
+    (on the stack's own service) and its failing version (on a copy, in the stack of copies)."""
 
     def __init__(
         self,
@@ -96,12 +100,15 @@ class Updates:
         self.stack = stack
         self.folder = folder
         self.copies: list[DeployedStack] = []
+        self.failing = sorted(wanted.get(FAIL, set()))
+        self._copies_lock = threading.Lock()
+        self._copies_made: DeployedStack | BaseException | None = None
         mesh_missing = swarm.missing_capability(FEATURES["needs_routing_mesh"][0])
         probed = wanted.get(TRAFFIC, set()) if not mesh_missing else set()  # else that test skips
         operations: dict[tuple[str, str], Callable[[], Any]] = {}
         for name in sorted(wanted.get(ROLL, set()) | probed):
             operations["roll", name] = partial(self.roll, name, name in probed)
-        for name in sorted(wanted.get(FAIL, set())):
+        for name in self.failing:
             operations["fail", name] = partial(self.fail, name)
         self.together: Together[tuple[str, str], Any] = Together(operations, name="update")
 
@@ -165,21 +172,46 @@ class Updates:
                 answers += mesh.probe(address, port, count=1, timeout=2)
             self.together.sleep(0.05)
 
+    def why_not_failed(self, name: str) -> str:
+        """Why ``name``'s failing version is not checked ("" when it is)."""
+        if declared.update_config(self.stack.declared(name)).failure_action == "continue":
+            return f"{name} declares failure_action continue: a failing version is kept"
+        # the declared image: the service's own may be on its -next version by now
+        return missing_variant(self.swarm, name, self.stack.declared(name)["image"], "broken")
+
+    def copies_stack(self) -> DeployedStack:
+        """The stack of copies, one service for each failing version checked, converged; the
+        first to ask deploys it, the others wait for it (and get its error, if it failed)."""
+        with self._copies_lock:
+            if self._copies_made is None:
+                names = [n for n in self.failing if not self.why_not_failed(n)]
+                specs = {name: self.stack.declared(name) for name in names}
+                main = self.stack.source
+                source = StackSource(
+                    env=main.env,
+                    env_file=main.env_file,
+                    compose_files=(copies_of(self.folder / "copies.yml", specs),),
+                    stack_name=f"U{self.stack.name[:20]}",
+                )
+                try:
+                    self._copies_made = self.lifecycle.deploy(source, on_deployed=self.copies.append)
+                except BaseException as exc:
+                    self._copies_made = exc
+            if isinstance(self._copies_made, BaseException):
+                raise self._copies_made
+            return self._copies_made
+
     def fail(self, name: str) -> Failed:
-        """Deploy a copy of ``name`` in a stack of its own (its image, deploy section, healthcheck;
-        no published port), converged; update it to ``-broken``; see how the update ends."""
+        """Update ``name``'s copy (its image, deploy section, healthcheck; no published port) to
+        ``-broken``; see how the update ends."""
         spec = self.stack.declared(name)
         config = declared.update_config(spec)
-        if config.failure_action == "continue":
-            pytest.skip(f"{name} declares failure_action continue: a failing version is kept")
-        broken = variant_or_skip(self.swarm, self.stack.service(name), "broken")
-        compose = copy_of(self.folder / f"U{name}.yml", name, spec)
-        main = self.stack.source
-        source = StackSource(
-            env=main.env, env_file=main.env_file, compose_files=(compose,), stack_name=f"U{name[:20]}"
-        )
-        stack = self.lifecycle.deploy(source, on_deployed=self.copies.append)
+        why_not = self.why_not_failed(name)
+        if why_not:
+            pytest.skip(why_not)
+        stack = self.copies_stack()
         service = stack.service(name)
+        broken = variant_ref(service.image, "broken")
         health = self.health(service, spec)
         deadline = update_deadline(spec, config, health)
         expected = "rollback_completed" if config.failure_action == "rollback" else "paused"
@@ -216,11 +248,12 @@ class Updates:
         assert service.reload().attrs["Spec"] == before, f"{service.name}: spec not restored"
 
 
-def copy_of(path: Path, name: str, spec: dict[str, Any]) -> Path:
-    """A compose file of one service: ``spec`` without its published ports, networks (the copy
-    gets its stack's default network) and volumes; deploy section and healthcheck as declared."""
-    service = {k: v for k, v in spec.items() if k not in ("ports", "networks", "volumes")}
-    path.write_text(yaml.safe_dump({"version": "3.8", "services": {name: service}}))
+def copies_of(path: Path, specs: dict[str, dict[str, Any]]) -> Path:
+    """A compose file of copies: each spec without its published ports, networks (the copies get
+    their stack's default network) and volumes; deploy section and healthcheck as declared."""
+    drop = ("ports", "networks", "volumes")
+    services = {name: {k: v for k, v in spec.items() if k not in drop} for name, spec in specs.items()}
+    path.write_text(yaml.safe_dump({"version": "3.8", "services": services}))
     return path
 
 
@@ -228,12 +261,20 @@ def name_in_stack(stack: DeployedStack, service: Service) -> str:
     return service.name.removeprefix(f"{stack.name}_")
 
 
-def variant_or_skip(swarm: Cluster, service: Service, variant: str) -> str:
-    ref = variant_ref(service.image, variant)
+def missing_variant(swarm: Cluster, service: str, image: str, variant: str) -> str:
+    """Why ``image`` has no ``variant`` on the nodes ("" when every node has it)."""
+    ref = variant_ref(image, variant)
     missing = [n for n, engine in swarm.engines.items() if not engine.images.list(name=ref)]
     if missing or not swarm.engines:
-        pytest.skip(f"{service.name}: no {ref} on the nodes (its Dockerfile declares no ARG BROKEN)")
-    return ref
+        return f"{service}: no {ref} on the nodes (its Dockerfile declares no ARG BROKEN)"
+    return ""
+
+
+def variant_or_skip(swarm: Cluster, service: Service, variant: str) -> str:
+    why = missing_variant(swarm, service.name, service.image, variant)
+    if why:
+        pytest.skip(why)
+    return variant_ref(service.image, variant)
 
 
 def batch_count(spec: dict[str, Any], config: declared.UpdateConfig) -> int:
