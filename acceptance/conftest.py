@@ -15,7 +15,7 @@ import pytest
 from pytest_swarm import declared
 from pytest_swarm.lifecycle import lifecycle_of
 from pytest_swarm.stack import DeployedStack
-from pytest_swarm.together import EARLY
+from pytest_swarm.together import EARLY, early_work_last
 
 Spec = Mapping[str, Any]
 PARAMETERS: dict[str, Callable[[Spec], bool]] = {
@@ -32,6 +32,12 @@ PARAMETERS: dict[str, Callable[[Spec], bool]] = {
         "update_config" in declared.deploy_section(spec) and bool(spec.get("ports"))
     ),
 }
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """The suites that wait for early work (below) run after the others, in whatever order
+    each group was given (pytest-randomly shuffles both)."""
+    early_work_last(items)
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:

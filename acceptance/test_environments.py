@@ -19,11 +19,7 @@ from pytest_swarm.errors import StackError
 from pytest_swarm.lifecycle import lifecycle_of
 from pytest_swarm.side_by_side import SideBySide, shifted_env, side_by_side_sources
 from pytest_swarm.stack import DeployedStack
-from pytest_swarm.together import EARLY, take_early
-
-# Started early after the other suites' early work (the restart checks' stacks, whose timing
-# suffers beside three stack deploys), and deployed only once that work is over.
-START_EARLY_ORDER = 1
+from pytest_swarm.together import take_early
 
 
 @pytest.fixture(scope="module")
@@ -47,13 +43,7 @@ def start_early(request: pytest.FixtureRequest, main: DeployedStack, folder: Pat
     lifecycle = lifecycle_of(request.config)
     if not lifecycle.settings.side_by_side:
         return None
-    before = list(request.config.stash.get(EARLY, {}).values())  # see START_EARLY_ORDER
-
-    def after_them() -> None:
-        for handle in before:
-            handle.wait()
-
-    return SideBySide(lifecycle, side_by_side_sources(lifecycle, main.source, folder), after=after_them)
+    return SideBySide(lifecycle, side_by_side_sources(lifecycle, main.source, folder))
 
 
 @pytest.fixture(scope="module")

@@ -28,7 +28,7 @@ from pytest_swarm import declared
 from pytest_swarm.evidence import DEPLOYED
 from pytest_swarm.lifecycle import lifecycle_of
 from pytest_swarm.stack import DeployedStack, StackSource
-from pytest_swarm.together import Together, remove_all, selected_params, take_early
+from pytest_swarm.together import EARLY, Together, remove_all, selected_params, take_early
 
 RESTARTS = "test_failures_are_restarted_up_to_max_attempts_with_the_delay"
 CLEAN = "test_a_clean_exit_is_not_restarted_on_failure"
@@ -71,6 +71,7 @@ class Watched:
     stack: DeployedStack
     runs: list[Run]
     waits: list[tuple[float, str]]
+    seconds: float  # from its deploy to the end of its watch
 
 
 class RunLog:
@@ -123,7 +124,15 @@ class RunLog:
 class Crashers:
     """One crasher stack per (check, service), deployed and watched at the same time."""
 
-    def __init__(self, request: pytest.FixtureRequest, main: DeployedStack, folder: Path) -> None:
+    def __init__(
+        self,
+        request: pytest.FixtureRequest,
+        main: DeployedStack,
+        folder: Path,
+        after: Callable[[], None] = lambda: None,
+    ) -> None:
+        """``after``: what to wait for before deploying (work whose load would slow the restarts)."""
+        self._after = after
         self.lifecycle = lifecycle_of(request.config)
         self.swarm = main.cluster
         self.main = main
@@ -146,6 +155,8 @@ class Crashers:
         unreached = [n for n in self.swarm.addresses if n not in self.swarm.engines]
         if unreached:
             pytest.skip(f"runs are read from each node's engine events; no engine reached on {unreached}")
+        self._after()
+        started = time.monotonic()
         name = f"{'R' if test == RESTARTS else 'C'}{service[:20]}"
         compose = crasher(self.folder / f"{name}.yml", self.main.declared(service), EXIT_CODES[test])
         main = self.main.source
@@ -172,7 +183,7 @@ class Crashers:
         waits = [(policy.delay * (attempts + 1), why)]
         if test == CLEAN:
             waits = [(policy.delay, f"restart delay {policy.delay:g} s (no run after a clean exit)")]
-        return Watched(stack, runs, waits)
+        return Watched(stack, runs, waits, time.monotonic() - started)
 
     def wait(self) -> None:
         """Until every check's runs are over (its stack stays until close)."""
@@ -192,10 +203,22 @@ def skip_unless_checkable(test: str, service: str, policy: declared.RestartPolic
         pytest.skip(f"{service} declares condition {policy.condition}, not on-failure")
 
 
+# Started early after the other suites' early work: beside three stack deploys (the side-by-side
+# envs) each restart cost swarm up to 2 s more; their stacks deploy once those have converged.
+START_EARLY_ORDER = 1
+
+
 def start_early(request: pytest.FixtureRequest, main: DeployedStack, folder: Path) -> Crashers:
     """Deploy and watch every selected check's stack (acceptance/conftest.py calls this at the
-    session's start when a test of this module is selected)."""
-    return Crashers(request, main, folder)
+    session's start when a test of this module is selected), once the work started before it
+    is done."""
+    before = list(request.config.stash.get(EARLY, {}).values())
+
+    def after_them() -> None:
+        for handle in before:
+            handle.wait()
+
+    return Crashers(request, main, folder, after=after_them)
 
 
 @pytest.fixture(scope="module")
@@ -219,7 +242,7 @@ def watched(
     outcome = crashers.together.outcome((request.node.originalname, service), timeout=1800)
     if outcome.value is not None:
         request.node.stash.setdefault(DEPLOYED, []).append(outcome.value.stack)  # evidence on failure
-        took(outcome.seconds, "its stack deployed and watched, beside the other checks' stacks")
+        took(outcome.value.seconds, "its stack deployed and watched, beside the other checks' stacks")
         for wait in outcome.value.waits:
             declared_wait(*wait)
     return outcome.get()

@@ -91,6 +91,26 @@ class UpdateConfig:
     max_failure_ratio: float
     order: str
 
+    def crowded(self, starts: list[float]) -> list[tuple[float, float]]:
+        """Where new tasks came faster than this config lets them: each (first, last) of
+        ``parallelism + 1`` starts less than ``delay`` apart (0.5 s when no delay is declared).
+
+        Swarm updates with ``parallelism`` workers, each starting one task, waiting for it to
+        run, then waiting ``delay`` before its next: no window shorter than the delay holds more
+        than ``parallelism`` starts, however the workers drift apart. (Grouping starts into
+        batches by the gaps between them does not hold when a worker's task starts late.)
+        """
+        if self.parallelism <= 0:  # every task at once
+            return []
+        window = self.delay if self.delay > 0 else 0.5
+        ordered = sorted(starts)
+        p = self.parallelism
+        return [
+            (ordered[k - p], ordered[k])
+            for k in range(p, len(ordered))
+            if ordered[k] - ordered[k - p] < window
+        ]
+
 
 def update_config(service: Mapping[str, Any], key: str = "update_config") -> UpdateConfig:
     """``update_config`` (or ``rollback_config``) with the defaults ``docker stack deploy`` applies."""

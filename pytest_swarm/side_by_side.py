@@ -9,7 +9,7 @@ the other suites run meanwhile (they check only the main stack's services).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from functools import partial
 from pathlib import Path
 
@@ -51,19 +51,15 @@ class SideBySide:
         self,
         lifecycle: SwarmLifecycle,
         sources: Mapping[str, StackSource],
-        after: Callable[[], None] = lambda: None,
     ) -> None:
-        """``after``: what to wait for before deploying (work that would suffer from the load)."""
         self.envs = list(sources)
         self.made: list[DeployedStack] = []  # removed even if its convergence fails
-        self._after = after
         self._deploying: Together[str, DeployedStack] = Together(
             {env: partial(self._deploy, lifecycle, source) for env, source in sources.items()},
             name="deploy",
         )
 
     def _deploy(self, lifecycle: SwarmLifecycle, source: StackSource) -> DeployedStack:
-        self._after()
         return lifecycle.deploy(source, on_deployed=self.made.append)
 
     def stacks(self) -> dict[str, DeployedStack]:

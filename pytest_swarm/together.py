@@ -127,6 +127,37 @@ def wait_early(config: pytest.Config) -> None:
         handle.wait()
 
 
+def early_work_last(items: list[pytest.Item]) -> None:
+    """Order the modules around the work started early, each group keeping the order it had
+    (pytest-randomly's shuffle, or the files'):
+
+    1. the others: they run while the early work does, instead of waiting for it;
+    2. those that started early work (they define ``start_early``): they wait for it, check it
+       and remove what it made (side-by-side envs load every node while they are up); in the
+       order their work was started (``START_EARLY_ORDER``), so the first checks its work
+       while the next one's still runs;
+    3. those that wait for all of it: a test that changes nodes (``swarm_node_control``), or a
+       module that says ``AFTER_EARLY_WORK = True`` (its timings are what it checks).
+    """
+
+    def group(item: pytest.Item) -> tuple[int, int]:
+        module = getattr(item, "module", None)
+        if getattr(module, "AFTER_EARLY_WORK", False):
+            return (2, 0)
+        if hasattr(module, "start_early"):
+            return (1, getattr(module, "START_EARLY_ORDER", 0))
+        return (0, 0)
+
+    def module_of(item: pytest.Item) -> str | None:
+        return getattr(getattr(item, "module", None), "__name__", None)
+
+    groups: dict[str | None, tuple[int, int]] = {}
+    for item in items:
+        waits = (2, 0) if "swarm_node_control" in getattr(item, "fixturenames", ()) else group(item)
+        groups[module_of(item)] = max(groups.get(module_of(item), (0, 0)), waits)
+    items.sort(key=lambda item: groups[module_of(item)])  # stable: each group keeps its order
+
+
 def take_early(request: pytest.FixtureRequest) -> Any | None:
     """What the requesting module's ``start_early`` returned, if it ran; the caller closes it."""
     return request.config.stash.get(EARLY, {}).pop(request.module.__name__, None)

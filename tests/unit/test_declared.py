@@ -79,3 +79,15 @@ def test_no_healthcheck_or_a_disabled_one() -> None:
     assert declared.healthcheck({"healthcheck": {"disable": True}}, image) is None
     engine_defaults = declared.Healthcheck(interval=30.0, start_period=0.0, retries=3)
     assert declared.healthcheck({}, image) == engine_defaults
+
+
+def test_crowded_starts_follow_each_update_worker_not_batches() -> None:
+    config = update_config({"deploy": {"update_config": {"parallelism": 2, "delay": "10s"}}})
+    # two workers: the second's first task ran 4 s late, and so did its next (seen in a round)
+    assert config.crowded([0.0, 4.0, 10.5, 14.6]) == []
+    # a third task within 10 s of two others: more than 2 at once
+    assert config.crowded([0.0, 4.0, 9.0]) == [(0.0, 9.0)]
+    one = update_config({"deploy": {"update_config": {"parallelism": 1, "delay": "5s"}}})
+    assert one.crowded([0.0, 5.2, 10.4]) == []
+    assert one.crowded([0.0, 3.0]) == [(0.0, 3.0)]
+    assert update_config({"deploy": {"update_config": {"parallelism": 0}}}).crowded([0.0, 0.0, 0.1]) == []

@@ -1,9 +1,10 @@
 import threading
 import time
+from types import SimpleNamespace
 
 import pytest
 
-from pytest_swarm.together import Interrupted, Together, interrupt_all, remove_all, timed
+from pytest_swarm.together import Interrupted, Together, early_work_last, interrupt_all, remove_all, timed
 
 
 def test_operations_run_at_the_same_time_and_each_keeps_its_outcome() -> None:
@@ -78,3 +79,27 @@ def test_remove_all_removes_every_stack_then_names_the_first_failure() -> None:
     with pytest.raises(RuntimeError, match="STAGE: network still in use"):
         remove_all([Stack("STAGE", fails=True), Stack("PROD"), Stack("EXTRA")])
     assert sorted(removed) == ["EXTRA", "PROD", "STAGE"]
+
+
+def test_modules_around_early_work_keep_their_order_within_each_group() -> None:
+    def module(name: str, **attributes: object) -> SimpleNamespace:
+        return SimpleNamespace(__name__=name, **attributes)
+
+    updates = module("updates", AFTER_EARLY_WORK=True)
+    envs = module("envs", start_early=print)
+    restart = module("restart", start_early=print, START_EARLY_ORDER=1)
+    scaling, limits, cluster = module("scaling"), module("limits"), module("cluster")
+    items = [
+        SimpleNamespace(module=restart, fixturenames=[], name="r1"),
+        SimpleNamespace(module=updates, fixturenames=[], name="u1"),
+        SimpleNamespace(module=scaling, fixturenames=[], name="s1"),
+        SimpleNamespace(module=scaling, fixturenames=["swarm_node_control"], name="s2"),
+        SimpleNamespace(module=envs, fixturenames=[], name="e1"),
+        SimpleNamespace(module=limits, fixturenames=[], name="l1"),
+        SimpleNamespace(module=cluster, fixturenames=[], name="c1"),
+        SimpleNamespace(module=envs, fixturenames=[], name="e2"),
+    ]
+    early_work_last(items)  # type: ignore[arg-type]
+    # the others as they came; then who started early work, in the order it started; then who
+    # waits for all of it
+    assert [i.name for i in items] == ["l1", "c1", "e1", "e2", "r1", "u1", "s1", "s2"]
