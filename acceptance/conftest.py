@@ -35,8 +35,9 @@ PARAMETERS: dict[str, Callable[[Spec], bool]] = {
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """The suites that wait for early work (below) run after the others, in whatever order
-    each group was given (pytest-randomly shuffles both)."""
+    """Modules run in three groups around the early work (below): those that only read the
+    main stack, those that started early work, those that need the cluster to themselves;
+    each group in the order it was given (pytest-randomly shuffles it)."""
     early_work_last(items)
 
 
