@@ -47,20 +47,16 @@ def shifted_env(source: Path, tmp_path: Path, name: str, shift: int) -> Path:
 class SideBySide:
     """``sources`` (env name -> stack source) being deployed, each until it converges."""
 
-    def __init__(
-        self,
-        lifecycle: SwarmLifecycle,
-        sources: Mapping[str, StackSource],
-    ) -> None:
+    def __init__(self, lifecycle: SwarmLifecycle, sources: Mapping[str, StackSource]) -> None:
         self.envs = list(sources)
         self.made: list[DeployedStack] = []  # removed even if its convergence fails
         self._deploying: Together[str, DeployedStack] = Together(
-            {env: partial(self._deploy, lifecycle, source) for env, source in sources.items()},
+            {
+                env: partial(lifecycle.deploy, source, on_deployed=self.made.append)
+                for env, source in sources.items()
+            },
             name="deploy",
         )
-
-    def _deploy(self, lifecycle: SwarmLifecycle, source: StackSource) -> DeployedStack:
-        return lifecycle.deploy(source, on_deployed=self.made.append)
 
     def stacks(self) -> dict[str, DeployedStack]:
         """Wait for every deploy; the converged stacks, or the first deploy's error."""
