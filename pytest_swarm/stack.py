@@ -19,7 +19,7 @@ import docker.errors
 import yaml
 from dotenv import dotenv_values
 
-from . import images
+from . import images, network_join
 from .cluster import STACK_LABEL, Cluster, Service
 from .commands import run_docker
 from .errors import CommandError, StackError
@@ -224,6 +224,9 @@ class DeployedStack:
     standins: list[str] = field(default_factory=list)
     seconds_to_converge: float = 0.0
     unconverged: str = ""  # why it did not converge within the timeout, if it did not
+    # the services that had each node join the networks before the deploy (network_join),
+    # removed once the stack has converged (or failed to)
+    network_joins: list[str] = field(default_factory=list)
 
     @property
     def declared_services(self) -> list[str]:
@@ -249,7 +252,9 @@ class DeployedStack:
         return None
 
     def deploy(self, timeout: float = 300) -> None:
-        args = ["stack", "deploy", "--resolve-image", "never", "--prune", "--detach=true"]
+        # --prune would remove the network-join services before the stack's tasks are in place
+        prune = [] if self.network_joins else ["--prune"]
+        args = ["stack", "deploy", "--resolve-image", "never", *prune, "--detach=true"]
         args += [a for f in self.source.compose_files for a in ("-c", str(f))]
         try:
             run_docker(
@@ -287,6 +292,9 @@ class DeployedStack:
                 f"{exc}\ntask errors:\n{detail}\nhint: DOCKER_HOST={self.cluster.manager_url} "
                 f"docker stack ps {self.name} --no-trunc"
             ) from exc
+        finally:
+            network_join.remove_join_services(self.cluster, self.network_joins)
+            self.network_joins = []
         self.seconds_to_converge = time.monotonic() - started
 
     def task_errors(self) -> list[str]:
@@ -375,19 +383,30 @@ def deploy(
     remove it even when convergence then fails.
     """
     model = render(source)
-    check_ports_free(cluster, source.name(), model, source.env_file)
+    name = source.name()
+    check_ports_free(cluster, name, model, source.env_file)
     plan = images.prepare_images(local, service_images(model), build, offline, progress)
-    load_images(plan.refs)
+    networks = network_join.networks_needing_joins(cluster, name, model)
+    join_image = network_join.IMAGE if images.image_exists(local, network_join.IMAGE) else None
+    load_images([*plan.refs, join_image] if networks and join_image else plan.refs)
     stack = DeployedStack(
-        name=source.name(),
+        name=name,
         source=source,
         values=source.values(),
         model=model,
         cluster=cluster,
         standins=sorted(plan.standins),
     )
+    joining = bool(networks and join_image)
+    if joining and join_image:
+        on_deployed(stack)  # the join services are in the stack: removed with it if what follows fails
+        started = time.monotonic()
+        stack.network_joins = network_join.join_networks(cluster, name, model, networks, join_image, timeout)
+        took = time.monotonic() - started
+        progress(f"stack {name}: the nodes joined {', '.join(networks)}, one by one, in {took:.1f} s")
     stack.deploy()
-    on_deployed(stack)
+    if not joining:
+        on_deployed(stack)
     progress(f"stack {stack.name} deployed ({len(stack.declared_services)} services)")
     if wait:
         stack.converge(timeout)
