@@ -15,7 +15,7 @@ from __future__ import annotations
 import sys
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from itertools import pairwise
 from pathlib import Path
 from typing import Any
@@ -27,7 +27,7 @@ import yaml
 from pytest_swarm import declared
 from pytest_swarm.evidence import DEPLOYED
 from pytest_swarm.lifecycle import lifecycle_of
-from pytest_swarm.stack import DeployedStack, StackSource
+from pytest_swarm.stack import DeployedStack
 from pytest_swarm.together import EARLY, Together, remove_all, selected_params, take_early
 
 RESTARTS = "test_failures_are_restarted_up_to_max_attempts_with_the_delay"
@@ -160,7 +160,7 @@ class Crashers:
         name = f"{'R' if test == RESTARTS else 'C'}{service[:20]}"
         compose = crasher(self.folder / f"{name}.yml", self.main.declared(service), EXIT_CODES[test])
         main = self.main.source
-        source = StackSource(env=main.env, env_file=main.env_file, compose_files=(compose,), stack_name=name)
+        source = replace(main, compose_files=(compose,), stack_name=name)
         log = RunLog(self.swarm.engines, f"{name}_crasher")  # from before its first run
         stack = self.lifecycle.deploy(source, on_deployed=self.made.append, wait=False)
         expected = 1 + (policy.max_attempts or 0) if test == RESTARTS else 1

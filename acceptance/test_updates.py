@@ -24,7 +24,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -40,7 +40,7 @@ from pytest_swarm.commands import run_docker
 from pytest_swarm.evidence import DEPLOYED
 from pytest_swarm.images import variant_ref
 from pytest_swarm.lifecycle import SwarmLifecycle, lifecycle_of
-from pytest_swarm.stack import DeployedStack, StackSource
+from pytest_swarm.stack import DeployedStack
 from pytest_swarm.together import Together, remove_all, selected_params, wait_early
 from pytest_swarm.waiting import Poll, wait_for
 
@@ -189,9 +189,8 @@ class Updates:
                 names = [n for n in self.failing if not self.why_not_failed(n)]
                 specs = {name: self.stack.declared(name) for name in names}
                 main = self.stack.source
-                source = StackSource(
-                    env=main.env,
-                    env_file=main.env_file,
+                source = replace(
+                    main,
                     compose_files=(copies_of(self.folder / "copies.yml", specs),),
                     stack_name=f"U{self.stack.name[:20]}",
                 )

@@ -73,7 +73,9 @@ def deploy_stack(request: pytest.FixtureRequest, swarm: Cluster) -> Iterator[Cal
 
     Deploys another env, or other compose files (paths), on the session's cluster, under the
     env's stack name or ``name``; waits for convergence unless ``wait=False``; returns the
-    :class:`DeployedStack`. Every stack it made is removed when the test ends.
+    :class:`DeployedStack`. Every stack it made is removed when the test ends. With
+    ``wait=False`` the stack may still hold its network-join services (pytest_swarm.network_join)
+    until ``stack.converge(timeout)`` is called.
     """
     lifecycle = lifecycle_of(request.config)
     made: list[DeployedStack] = request.node.stash.setdefault(DEPLOYED, [])
@@ -94,6 +96,7 @@ def deploy_stack(request: pytest.FixtureRequest, swarm: Cluster) -> Iterator[Cal
             env_file=env_file or lifecycle.settings.envs_dir / f"{env}.env",
             compose_files=tuple(compose_files or lifecycle.settings.stacks),
             stack_name=name,
+            overrides=tuple(sorted(lifecycle.settings.variables.items())),
         )
         return _or_fail(lambda: lifecycle.deploy(source, timeout, on_deployed=made.append, wait=wait))
 

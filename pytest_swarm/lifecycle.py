@@ -224,6 +224,7 @@ class SwarmLifecycle:
             env=env,
             env_file=self.settings.envs_dir / f"{env}.env",
             compose_files=compose_files or self.settings.stacks,
+            overrides=tuple(sorted(self.settings.variables.items())),
         )
 
     def finish(self, failed: bool) -> None:

@@ -83,6 +83,11 @@ OPTIONS: tuple[Option, ...] = (
         "side_by_side", "envs deployed beside --swarm-env, comma separated (default: every other env)", ""
     ),
     Option(
+        "set",
+        "variables set over every env file's, KEY=VALUE, comma separated (POST_REPLICAS=1: a small machine)",
+        "",
+    ),
+    Option(
         "lesson_services",
         "the lesson's roles as this stack names them, ROLE=SERVICE (ui post comment mongo node-exporter)",
         "",
@@ -128,6 +133,7 @@ class Settings:
     build: Mapping[str, Path] = field(default_factory=dict)
     offline_images: Mapping[str, Path] = field(default_factory=dict)
     side_by_side: tuple[str, ...] = ()
+    variables: Mapping[str, str] = field(default_factory=dict)  # --swarm-set: over every env file's
     lesson_services: Mapping[str, str] = field(default_factory=dict)  # role -> service
     context: str = ""
     attach_nodes: Labels = field(default_factory=dict)  # node -> address/engine/host
@@ -159,6 +165,7 @@ class Settings:
             f"swarm: provider={self.provider} env={self.env or '-'} workers={self.workers} "
             f"keep={self.keep} reuse={'yes' if self.reuse else 'no'} timeout={self.timeout:g}s "
             f"stacks={stacks}"
+            + "".join(f" set {key}={value}" for key, value in sorted(self.variables.items()))
         )
 
 
@@ -250,6 +257,7 @@ def resolve(
         build=_service_paths("build", items("build"), path),
         offline_images=_service_paths("offline_images", items("offline_images"), path),
         side_by_side=_side_by_side(items("side_by_side"), env, envs_dir),
+        variables=_variables(items("set")),
         lesson_services=_pairs("lesson_services", items("lesson_services")),
         context=text("context"),
         attach_nodes=parse_attach_nodes(items("attach_nodes")),
@@ -376,13 +384,20 @@ def _machine_names(names: Sequence[str]) -> tuple[str, ...]:
     return tuple(names)
 
 
+def _variables(entries: Sequence[str]) -> dict[str, str]:
+    pairs = _pairs("set", entries)
+    bad = [key for key in pairs if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", key)]
+    if bad:
+        raise SettingsError(f"--swarm-set: {', '.join(bad)} is not a variable name (letters, digits, _)")
+    return pairs
+
+
 def _pairs(name: str, entries: Sequence[str]) -> dict[str, str]:
     """``KEY=VALUE`` entries; a malformed one names the option and the form it takes."""
-    form = (
-        "ROLE=SERVICE, e.g. ui=frontend"
-        if name == "lesson_services"
-        else "SERVICE=BUILD_CONTEXT, e.g. ui=stacks/images/ui"
-    )
+    form = {
+        "lesson_services": "ROLE=SERVICE, e.g. ui=frontend",
+        "set": "KEY=VALUE, e.g. POST_REPLICAS=1",
+    }.get(name, "SERVICE=BUILD_CONTEXT, e.g. ui=stacks/images/ui")
     result: dict[str, str] = {}
     for entry in entries:
         key, eq, value = entry.partition("=")

@@ -10,6 +10,7 @@ the other suites run meanwhile (they check only the main stack's services).
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import replace
 from functools import partial
 from pathlib import Path
 
@@ -19,13 +20,14 @@ from .together import Together, remove_all
 
 
 def side_by_side_sources(
-    lifecycle: SwarmLifecycle, main: StackSource, folder: Path
+    lifecycle: SwarmLifecycle, main: StackSource, folder: Path, extra: bool = True
 ) -> dict[str, StackSource]:
-    """The envs of --swarm-side-by-side, and EXTRA: a copy of the main env on other ports, to remove."""
+    """The envs of --swarm-side-by-side, and (``extra``) EXTRA: a copy of the main env on other
+    ports, to remove."""
     sources = {env: lifecycle.source(env) for env in lifecycle.settings.side_by_side}
-    if sources:
+    if sources and extra:
         env_file = shifted_env(main.env_file, folder, "EXTRA", 100)
-        sources["EXTRA"] = StackSource(env="EXTRA", env_file=env_file, compose_files=main.compose_files)
+        sources["EXTRA"] = replace(main, env="EXTRA", env_file=env_file)
     return sources
 
 

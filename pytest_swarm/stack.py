@@ -37,9 +37,10 @@ class StackSource:
     env_file: Path
     compose_files: tuple[Path, ...]
     stack_name: str | None = None  # overrides the name derived from the env
+    overrides: tuple[tuple[str, str], ...] = ()  # --swarm-set: set over the env file's variables
 
     def values(self) -> dict[str, str]:
-        return load_env(self.env_file)
+        return {**load_env(self.env_file), **dict(self.overrides)}
 
     def name(self) -> str:
         return self.stack_name or stack_name(self.env, self.values())

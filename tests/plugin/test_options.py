@@ -30,6 +30,13 @@ def test_header_shows_the_effective_settings(project: pytest.Pytester) -> None:
     assert result.ret == 0
 
 
+def test_set_variables_show_in_the_header(project: pytest.Pytester) -> None:
+    project.makepyfile("def test_nothing(): pass")
+    result = project.runpytest("--swarm-env=dev", "--swarm-set=POST_REPLICAS=1,COMMENT_REPLICAS=1")
+    result.stdout.fnmatch_lines(["swarm: provider=dind env=dev * set COMMENT_REPLICAS=1 set POST_REPLICAS=1"])
+    assert result.ret == 0
+
+
 def test_environment_variable_beats_ini_and_cli_beats_both(
     project: pytest.Pytester, monkeypatch: pytest.MonkeyPatch
 ) -> None:

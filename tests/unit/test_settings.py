@@ -152,3 +152,24 @@ def test_bad_attach_nodes(root: Path, entry: str, message: str) -> None:
 def test_bad_machine_names(root: Path, machines: str, message: str) -> None:
     with pytest.raises(SettingsError, match=message):
         resolve({"machines": machines}, {}, {}, root)
+
+
+def test_set_variables_over_the_env_files(root: Path) -> None:
+    s = resolve({"set": "POST_REPLICAS=1,COMMENT_REPLICAS=1"}, {}, {}, root)
+    assert s.variables == {"POST_REPLICAS": "1", "COMMENT_REPLICAS": "1"}
+    assert "set COMMENT_REPLICAS=1 set POST_REPLICAS=1" in s.describe()
+    assert resolve({}, {}, {"set": "UI_REPLICAS=2"}, root).variables == {"UI_REPLICAS": "2"}
+    assert resolve({}, {"SWARM_SET": "A=1 B=2"}, {}, root).variables == {"A": "1", "B": "2"}
+
+
+@pytest.mark.parametrize(
+    ("entry", "message"),
+    [
+        ("POST_REPLICAS", "write KEY=VALUE"),
+        ("=1", "write KEY=VALUE"),
+        ("POST-REPLICAS=1", "not a variable name"),
+    ],
+)
+def test_bad_set_entries(root: Path, entry: str, message: str) -> None:
+    with pytest.raises(SettingsError, match=message):
+        resolve({"set": entry}, {}, {}, root)

@@ -4,6 +4,7 @@ import pytest
 
 from pytest_swarm.errors import StackError
 from pytest_swarm.stack import (
+    StackSource,
     check_compose_files,
     load_env,
     missing_variables,
@@ -65,6 +66,13 @@ def test_env_key_without_value(tmp_path: Path) -> None:
     env.write_text("A=1\nLONELY\n")
     with pytest.raises(StackError, match="LONELY has no value"):
         load_env(env)
+
+
+def test_set_variables_win_over_the_env_file(tmp_path: Path) -> None:
+    env = tmp_path / "dev.env"
+    env.write_text("ENV=DEV\nPOST_REPLICAS=3\n")
+    source = StackSource("dev", env, (), overrides=(("POST_REPLICAS", "1"), ("UI_REPLICAS", "2")))
+    assert source.values() == {"ENV": "DEV", "POST_REPLICAS": "1", "UI_REPLICAS": "2"}
 
 
 def test_port_clashes_are_named() -> None:
