@@ -60,6 +60,15 @@ def splits(junit: Path) -> tuple[list[tuple[str, float, float]], dict[str, int]]
     return found, counts
 
 
+def modules(junit: Path) -> list[tuple[str, float]]:
+    """Each module's share of the round, in the order it ran (JUnit times include fixtures)."""
+    spent: dict[str, float] = {}
+    for case in ET.parse(junit).getroot().iter("testcase"):
+        module = str(case.get("classname", "")).rpartition(".")[2]
+        spent[module] = spent.get(module, 0.0) + float(case.get("time") or 0)
+    return list(spent.items())
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=1)
@@ -81,6 +90,7 @@ def main() -> int:
             print(
                 f"round {round_}: {walls[-1]:.1f} s (target {target:g} s), exit {done.returncode}, {counts}"
             )
+            print("  by module, in run order: " + ", ".join(f"{m} {t:.0f} s" for m, t in modules(junit)))
             if declared:
                 share = f"{rest / declared:.0%} of them; target <= {REST_TARGET:.0%}"
                 print(f"  declared waits {declared:.1f} s, rest {rest:.1f} s ({share})")
