@@ -204,6 +204,7 @@ class SwarmLifecycle:
             progress=self.progress,
             on_deployed=on_deployed,
             wait=wait,
+            join_networks_first=self.provider.joins_networks_first,
         )
         for service in stack.standins:
             line = f"{stack.name}: {service} runs a stand-in image ({stack.declared(service).get('image')})"

@@ -377,6 +377,7 @@ def deploy(
     progress: Callable[[str], None],
     on_deployed: Callable[[DeployedStack], None] = lambda _stack: None,
     wait: bool = True,
+    join_networks_first: bool = True,
 ) -> DeployedStack:
     """Render, prepare and load the images, deploy, and (``wait``) wait for convergence.
 
@@ -387,7 +388,7 @@ def deploy(
     name = source.name()
     check_ports_free(cluster, name, model, source.env_file)
     plan = images.prepare_images(local, service_images(model), build, offline, progress)
-    networks = network_join.networks_needing_joins(cluster, name, model)
+    networks = network_join.networks_needing_joins(cluster, name, model) if join_networks_first else []
     join_image = network_join.IMAGE if images.image_exists(local, network_join.IMAGE) else None
     load_images([*plan.refs, join_image] if networks and join_image else plan.refs)
     stack = DeployedStack(

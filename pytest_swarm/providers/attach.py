@@ -107,6 +107,7 @@ class AttachProvider:
     """An existing swarm: read, deployed to, probed; never resized or removed."""
 
     name = "attach"
+    joins_networks_first = True
     can_change_nodes = False
     fixed_nodes_reason = FIXED_NODES
     owns_swarm = False  # the lifecycle removes the stacks it deployed; the swarm stays

@@ -40,6 +40,8 @@ class Provider(Protocol):
     """Brings up or attaches to swarm nodes. ``up`` returns once every node is Ready/Active."""
 
     name: str
+    # whether a new stack's nodes join its networks one by one first (pytest_swarm.network_join)
+    joins_networks_first: bool
 
     def up(self) -> Cluster: ...
     def attach(self, nodes: Sequence[str]) -> Cluster: ...

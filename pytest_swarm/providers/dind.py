@@ -85,6 +85,7 @@ class DindProvider:
     """Nodes master-1, worker-1..N as containers on a network of the session's own."""
 
     name = "dind"
+    joins_networks_first = True
 
     def __init__(
         self,

@@ -389,6 +389,7 @@ class MachineProvider:
     """master-1 and worker-1..N created with docker-machine, or existing machines named."""
 
     name = "machine"
+    joins_networks_first = True
     can_change_nodes = True
 
     def __init__(
