@@ -17,7 +17,8 @@ with no peer to sync with, each next one syncs with peers that are not joining. 
 stack's tasks arrive, every node is in every network and joins none. The join services are
 removed once the stack has converged. Stacks do this one at a time. Engines from 29.6 on wait
 for each answer on its own channel; there this step is skipped, and where the provider says
-(uml: a task takes about 13 s to start there, so 3 nodes one by one cost more than the stall).
+(uml: a task takes about 13 s to start there, so 3 nodes one by one cost more than the stall;
+attach: the swarm is someone else's, where only the stacks are deployed).
 """
 
 from __future__ import annotations

@@ -107,7 +107,8 @@ class AttachProvider:
     """An existing swarm: read, deployed to, probed; never resized or removed."""
 
     name = "attach"
-    joins_networks_first = True
+    # someone else's swarm: nothing but the stacks goes on it (and its nodes get no image copied)
+    joins_networks_first = False
     can_change_nodes = False
     fixed_nodes_reason = FIXED_NODES
     owns_swarm = False  # the lifecycle removes the stacks it deployed; the swarm stays
