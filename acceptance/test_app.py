@@ -75,7 +75,7 @@ def test_a_post_survives_a_restart_of_the_database_task(
     port = ui_port(swarm_stack, swarm_settings)
     mongo = swarm_settings.lesson_services.get("mongo", "mongo")
     first, second = [swarm.addresses[n] for n in sorted(swarm.addresses)[:2]]
-    title, _ = add_post(first, port)
+    title, post_id = add_post(first, port)
 
     service = swarm_stack.service(mongo)
     tasks = service.running_tasks()
@@ -102,6 +102,25 @@ def test_a_post_survives_a_restart_of_the_database_task(
     wait_for(
         listed,
         what=f"the post added before {mongo} was killed, listed through {second}",
+        timeout=swarm_settings.timeout,
+        interval=1,
+        transient=(requests.RequestException,),
+    )
+
+    # The app is left working for the next test: each post task fails its first request after
+    # the database restarted (its connection broke), so writes go on until a round of them, as
+    # many as there are post tasks, twice over (the VIP spreads them), all succeed.
+    post = swarm_stack.service(swarm_settings.lesson_services.get("post", "post"))
+    writes = 2 * max(len(post.running_tasks()), 1)
+
+    def writing() -> Poll[list[int]]:
+        url = f"http://{second}:{port}/post/{post_id}/vote/1"
+        answers = [requests.post(url, timeout=10, allow_redirects=False).status_code for _ in range(writes)]
+        return Poll(all(a == 303 for a in answers), f"votes answered {answers}", answers)
+
+    wait_for(
+        writing,
+        what=f"every post task writing again after {mongo}'s restart",
         timeout=swarm_settings.timeout,
         interval=1,
         transient=(requests.RequestException,),
