@@ -109,18 +109,17 @@ def join_networks(
     stack: str,
     model: Mapping[str, Any],
     networks: Sequence[str],
-    image: str,
     timeout: float,
 ) -> list[str]:
     """Have each node that can run tasks join ``networks`` (of ``stack``), one node after the
-    other, through a task running ``image``; returns the join services, to remove once the
+    other, through a task running ``IMAGE``; returns the join services, to remove once the
     stack's tasks are in place (the first one creates the networks)."""
     nodes = [n for n in cluster.nodes() if n.state == "ready" and n.availability == "active"]
     made: list[str] = []
     with _ONE_AT_A_TIME, tempfile.TemporaryDirectory(prefix="pytest-swarm-join-") as folder:
         for step, node in enumerate(nodes, start=1):
             path = Path(folder) / f"{SERVICE}-{step}.yml"
-            path.write_text(yaml.safe_dump(join_compose(model, networks, image, node.id, step)))
+            path.write_text(yaml.safe_dump(join_compose(model, networks, IMAGE, node.id, step)))
             try:
                 run_docker(
                     ["stack", "deploy", "--resolve-image", "never", "--detach=true", "-c", str(path), stack],

@@ -389,8 +389,9 @@ def deploy(
     check_ports_free(cluster, name, model, source.env_file)
     plan = images.prepare_images(local, service_images(model), build, offline, progress)
     networks = network_join.networks_needing_joins(cluster, name, model) if join_networks_first else []
-    join_image = network_join.IMAGE if images.image_exists(local, network_join.IMAGE) else None
-    load_images([*plan.refs, join_image] if networks and join_image else plan.refs)
+    if not images.image_exists(local, network_join.IMAGE):
+        networks = []  # nothing to join them with (it is the base of every image built here)
+    load_images([*plan.refs, network_join.IMAGE] if networks else plan.refs)
     stack = DeployedStack(
         name=name,
         source=source,
@@ -399,15 +400,14 @@ def deploy(
         cluster=cluster,
         standins=sorted(plan.standins),
     )
-    joining = bool(networks and join_image)
-    if joining and join_image:
+    if networks:
         on_deployed(stack)  # the join services are in the stack: removed with it if what follows fails
         started = time.monotonic()
-        stack.network_joins = network_join.join_networks(cluster, name, model, networks, join_image, timeout)
+        stack.network_joins = network_join.join_networks(cluster, name, model, networks, timeout)
         took = time.monotonic() - started
         progress(f"stack {name}: the nodes joined {', '.join(networks)}, one by one, in {took:.1f} s")
     stack.deploy()
-    if not joining:
+    if not networks:
         on_deployed(stack)
     progress(f"stack {stack.name} deployed ({len(stack.declared_services)} services)")
     if wait:
