@@ -111,6 +111,10 @@ def test_each_env_answers_on_its_own_port_with_its_env(
         if port is None:
             continue
         for node, address in swarm.addresses.items():
+            first = mesh.first_answer(address, port)
+            assert first.status == 200, (
+                f"{node}:{port} ({stack.name}'s ui) gave no answer in {mesh.READY_TIMEOUT:g} s: {first}"
+            )
             answers = mesh.probe(address, port, count=3)
             envs = {a.env for a in answers if a.status == 200}
             assert envs == {stack.values["ENV"]}, (

@@ -28,6 +28,10 @@ def test_every_node_balances_over_every_ui_task(
     count = REQUESTS_PER_REPLICA * len(containers)
     report = []
     for node, address in sorted(swarm.addresses.items()):
+        first = mesh.first_answer(address, port)
+        if first.status != 200:
+            report.append(f"{node} ({address}:{port}): no answer in {mesh.READY_TIMEOUT:g} s: {first}")
+            continue
         answers = mesh.probe(address, port, count)
         balance = mesh.analyse(answers, containers)
         envs = {a.env for a in answers if a.status == 200}

@@ -16,6 +16,9 @@ from dataclasses import dataclass, field
 
 import requests
 
+# how long a node may take to answer on a newly published port (see first_answer)
+READY_TIMEOUT = 60.0
+
 HEADER = re.compile(r"Microservices Reddit in\s+(?P<env>\S+)\s+(?P<host>\S+)\s+container")
 
 
@@ -53,6 +56,22 @@ def probe(address: str, port: int, count: int, timeout: float = 3.0, path: str =
         parsed = parse_page(response.text) or ("", "")
         answers.append(Answer(response.status_code, env=parsed[0], host=parsed[1]))
     return answers
+
+
+def first_answer(address: str, port: int, timeout: float = READY_TIMEOUT, path: str = "/") -> Answer:
+    """Ask until one request answers 200 or ``timeout`` seconds pass; return the last answer.
+
+    A converged stack's tasks run, but a node programs a new published port only once the
+    service's endpoints reach it by gossip: on a loaded node that comes seconds later, and until
+    then the port refuses connections. Checks of the mesh start after this, so they judge the
+    balance and the page, not how fast the gossip went.
+    """
+    deadline = time.monotonic() + timeout
+    while True:
+        answer = probe(address, port, count=1, timeout=min(3.0, timeout), path=path)[0]
+        if answer.status == 200 or time.monotonic() >= deadline:
+            return answer
+        time.sleep(0.5)
 
 
 @dataclass

@@ -1,10 +1,13 @@
+import contextlib
 import http.server
+import socket
 import threading
+import time
 from collections.abc import Iterator
 
 import pytest
 
-from pytest_swarm.mesh import Answer, analyse, parse_page, probe
+from pytest_swarm.mesh import Answer, analyse, first_answer, parse_page, probe
 
 
 def answers(*hosts: str, failures: int = 0) -> list[Answer]:
@@ -42,22 +45,24 @@ def test_failures_count() -> None:
     assert balance.failures == 2 and not balance.ok
 
 
-@pytest.fixture
-def page_server() -> Iterator[int]:
-    """A local server on 127.0.0.1 that answers like a ui task, for the probe itself."""
+class PageHandler(http.server.BaseHTTPRequestHandler):
+    """Answers like a ui task."""
 
-    class Handler(http.server.BaseHTTPRequestHandler):
-        def do_GET(self) -> None:
-            body = b"<h1>Microservices Reddit in STAGE abcdefabcdef container</h1>"
-            self.send_response(200)
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
+    def do_GET(self) -> None:
+        body = b"<h1>Microservices Reddit in STAGE abcdefabcdef container</h1>"
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
 
-        def log_message(self, *args: object) -> None:
-            pass
+    def log_message(self, *args: object) -> None:
+        pass
 
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+
+@contextlib.contextmanager
+def serving(port: int = 0) -> Iterator[int]:
+    """A page server on 127.0.0.1 (``port`` 0: any free one); yields its port."""
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", port), PageHandler)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     try:
@@ -65,6 +70,12 @@ def page_server() -> Iterator[int]:
     finally:
         server.shutdown()
         server.server_close()
+
+
+@pytest.fixture
+def page_server() -> Iterator[int]:
+    with serving() as port:
+        yield port
 
 
 def test_probe_reads_each_answer(page_server: int) -> None:
@@ -76,3 +87,29 @@ def test_probe_names_a_refused_connection() -> None:
     got = probe("127.0.0.1", 1, count=2, timeout=1)
     assert [a.status for a in got] == [0, 0]
     assert got[0].error == "ConnectionError"
+
+
+def test_first_answer_waits_for_a_port_that_opens_later() -> None:
+    with socket.socket() as sock:  # a free port, closed again: refused until the server starts
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    opened = threading.Event()
+
+    def open_later() -> None:
+        time.sleep(1.0)
+        with serving(port):
+            opened.set()
+            time.sleep(5.0)
+
+    threading.Thread(target=open_later, daemon=True).start()
+    started = time.monotonic()
+    got = first_answer("127.0.0.1", port, timeout=10)
+    assert got == Answer(200, "STAGE", "abcdefabcdef")
+    assert opened.is_set() and time.monotonic() - started < 5
+
+
+def test_first_answer_gives_up_after_its_timeout() -> None:
+    started = time.monotonic()
+    got = first_answer("127.0.0.1", 1, timeout=1)
+    assert got.status == 0 and got.error == "ConnectionError"
+    assert time.monotonic() - started < 4
