@@ -81,14 +81,17 @@ def form_swarm(manager: Engine, workers: Sequence[Engine]) -> None:
     parallel(lambda engine: join(engine, manager.address, token), workers)
 
 
-def join(engine: Engine, manager_address: str, token: str) -> None:
+def join(engine: Engine, manager_address: str, token: str, availability: str = "active") -> None:
+    request = {
+        "RemoteAddrs": [f"{manager_address}:2377"],
+        "JoinToken": token,
+        "AdvertiseAddr": engine.address,
+        "ListenAddr": "0.0.0.0:2377",
+        "Availability": availability,  # the SDK's join_swarm has no such parameter
+    }
+    api = engine.client.api
     try:
-        engine.client.swarm.join(
-            remote_addrs=[f"{manager_address}:2377"],
-            join_token=token,
-            advertise_addr=engine.address,
-            listen_addr="0.0.0.0:2377",
-        )
+        api._raise_for_status(api._post_json(api._url("/swarm/join"), data=request))
     except docker.errors.APIError as exc:
         raise ProvisioningError(
             f"{engine.name} could not join the swarm at {manager_address}:2377: {exc.explanation}"
@@ -101,10 +104,39 @@ def new_node_name(role: str, taken: Collection[str]) -> str:
     return next(f"{prefix}-{i}" for i in range(1, 1000) if f"{prefix}-{i}" not in taken)
 
 
-def join_as(manager: Engine, engine: Engine, role: str) -> None:
-    """Join ``engine`` to the manager's swarm as a worker or a manager."""
+def join_late(manager: Engine, engine: Engine, role: str, timeout: float) -> None:
+    """Join ``engine`` to a swarm that may run stacks already: drained until the node has set
+    up the ingress network, then active.
+
+    Engine 20.10 can stall a node that joins two overlay networks at once for 30 s (see
+    pytest_swarm/network_join.py). A node joining active gets the global services' tasks at
+    once, and joins their networks while it still joins ingress (seen in worker-3's debug log:
+    back_net and ingress 0.25 s apart, "Bulk sync to node ... timed out"). Drained, it joins
+    ingress alone; the tasks' networks come once it is active.
+    """
     token = manager.client.swarm.attrs["JoinTokens"]["Manager" if role == "manager" else "Worker"]
-    join(engine, manager.address, token)
+    join(engine, manager.address, token, availability="drain")
+    node_id = engine.client.info()["Swarm"]["NodeID"]
+    ingress = next((n["Name"] for n in manager.client.api.networks() if n.get("Ingress")), None)
+    if ingress is not None:  # a swarm may run without one
+        wait_for(
+            lambda: Poll(_has_ingress_sandbox(engine, ingress), "its ingress sandbox is not set up yet"),
+            what=f"{engine.name} joined the {ingress} network",
+            timeout=timeout,
+            interval=0.1,
+            transient=TRANSIENT,
+        )
+    raw = manager.client.api.inspect_node(node_id)
+    spec = {**raw["Spec"], "Availability": "active"}
+    manager.client.api.update_node(node_id, raw["Version"]["Index"], spec)
+
+
+def _has_ingress_sandbox(engine: Engine, ingress: str) -> bool:
+    try:
+        network = engine.client.api.inspect_network(ingress)
+    except docker.errors.NotFound:
+        return False
+    return "ingress-sbox" in (network.get("Containers") or {})
 
 
 def admit(cluster: Cluster, name: str, engine: Engine, capabilities: Mapping[str, dict[str, bool]]) -> None:

@@ -41,7 +41,7 @@ from .base import (
     engine_client,
     forget,
     form_swarm,
-    join_as,
+    join_late,
     leave,
     new_node_name,
     parallel,
@@ -251,7 +251,7 @@ class DindProvider:
         engine = self._start_node(name)
         self.load_images(sorted(self._images))  # what the stacks run, before tasks land there
         manager = self._engines["master-1"]
-        join_as(manager, engine, role)
+        join_late(manager, engine, role, self.timeout)
         self._wait_ready(list(self._engines))
         if labels:
             apply_node_labels(manager.client, {name: labels})

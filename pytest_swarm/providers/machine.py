@@ -47,7 +47,7 @@ from .base import (
     copy_images,
     forget,
     form_swarm,
-    join_as,
+    join_late,
     leave,
     new_node_name,
     parallel,
@@ -504,7 +504,7 @@ class MachineProvider:
         engine = self._connect(name)
         self.load_images(sorted(self._images))
         manager = self._engines[self.names[0]]
-        join_as(manager, engine, role)
+        join_late(manager, engine, role, self.settings.timeout)
         self.names.append(name)
         wait_ready(manager.client, self.names, self.settings.timeout)
         if labels:
