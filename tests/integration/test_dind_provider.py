@@ -91,6 +91,9 @@ def test_add_stop_start_remove_a_node(provider: DindProvider, leftovers: Callabl
     assert name == "worker-3"
     node = cluster.node("worker-3")
     assert node.ready and node.role == "worker" and node.labels == {"extra": "yes"}
+    # add_node returns a node whose own engine has set up ingress (it stays drained until then)
+    ingress = cluster.engines[name].api.inspect_network("ingress")
+    assert "ingress-sbox" in ingress["Containers"]
 
     provider.stop_node(name)
     wait_until_down(provider, name)
