@@ -13,11 +13,12 @@ import testinfra
 
 from .capabilities import FEATURES, skip_reason
 from .cluster import Cluster, Task
+from .envfiles import describe
 from .errors import SwarmError
 from .evidence import DEPLOYED
 from .lifecycle import lifecycle_of
 from .providers.base import Provider
-from .settings import Settings, available_envs
+from .settings import Settings
 from .stack import DeployedStack, StackSource
 from .timing import DECLARED_WAIT, TOOK
 from .together import wait_early
@@ -62,8 +63,8 @@ def swarm_stack(request: pytest.FixtureRequest, swarm: Cluster) -> DeployedStack
     lifecycle = lifecycle_of(request.config)
     env = lifecycle.settings.env
     if env is None:
-        found = ", ".join(available_envs(lifecycle.settings.envs_dir)) or "none"
-        pytest.fail(f"swarm_stack needs --swarm-env NAME (env files found: {found})", pytrace=False)
+        found = describe(lifecycle.settings.envs, lifecycle.settings.rootdir)
+        pytest.fail(f"swarm_stack needs --swarm-env NAME (envs found: {found})", pytrace=False)
     return _or_fail(lambda: lifecycle.stack(lifecycle.source(str(env))))
 
 
@@ -93,7 +94,7 @@ def deploy_stack(request: pytest.FixtureRequest, swarm: Cluster) -> Iterator[Cal
             raise SwarmError("deploy_stack needs env= or env_file= (or --swarm-env)")
         source = StackSource(
             env=env or Path(str(env_file)).stem,
-            env_file=env_file or lifecycle.settings.envs_dir / f"{env}.env",
+            env_file=env_file or _or_fail(lambda: lifecycle.settings.env_file_of(str(env))),
             compose_files=tuple(compose_files or lifecycle.settings.stacks),
             stack_name=name,
             overrides=tuple(sorted(lifecycle.settings.variables.items())),
@@ -121,6 +122,28 @@ def swarm_provider(request: pytest.FixtureRequest, swarm: Cluster) -> Provider:
 def swarm_settings(request: pytest.FixtureRequest) -> Settings:
     """The run's effective :class:`pytest_swarm.settings.Settings` (options, ini, environment)."""
     return lifecycle_of(request.config).settings
+
+
+@pytest.fixture(scope="session")
+def swarm_roles(request: pytest.FixtureRequest) -> dict[str, list[str]]:
+    """role -> the services of the ``--swarm-env`` stack playing it (``ui``, ``mongo`` ...): found
+    by the names the requirement profile gives each role, by service or image name, or mapped
+    with the ini key ``swarm_roles = ui=frontend``. Example: ``swarm_roles["ui"] == ["ui"]``."""
+    return _or_fail(lifecycle_of(request.config).roles)
+
+
+@pytest.fixture(scope="session")
+def swarm_role(swarm_roles: dict[str, list[str]]) -> Callable[[str], str]:
+    """``swarm_role("ui")``: the service playing that role (the first by name, where several do);
+    the test is skipped, saying so, when none does."""
+
+    def service(role: str) -> str:
+        found = swarm_roles.get(role) or []
+        if not found:
+            pytest.skip(f"no service of the stack plays {role} (map one with the ini key swarm_roles)")
+        return found[0]
+
+    return service
 
 
 @pytest.fixture(scope="session")

@@ -20,6 +20,8 @@ from .ownership import Session, forget_kept, read_kept, write_kept
 from .providers.base import Provider
 from .providers.dind import DindProvider, local_engine, remove_session
 from .providers.dind import sweep as sweep_dind
+from .requirements import Profile, load_profile
+from .roles import find_roles
 from .settings import Settings
 from .stack import DeployedStack, StackSource, deploy, render, service_images
 from .timing import Timing
@@ -36,7 +38,9 @@ class SwarmLifecycle:
     """Owns the provider, the cluster and the deployed stacks of one pytest run."""
 
     def __init__(self, settings: Settings, progress: Progress) -> None:
+        """Raises ProfileError when --swarm-requirements names a rules file that can't be used."""
         self.settings = settings
+        self.profile: Profile | None = load_profile(settings.requirements, settings.rootdir)
         self.progress = progress
         self.session = Session.new()
         self.provider: Provider | None = None
@@ -220,10 +224,21 @@ class SwarmLifecycle:
             self._model = render(self.source(self.settings.env))
         return self._model
 
+    def requirement_titles(self) -> list[tuple[str, str]]:
+        """(id, title) of each requirement of the profile (none without one)."""
+        return [(r.id, r.title) for r in self.profile.requirements] if self.profile else []
+
+    def roles(self) -> dict[str, list[str]]:
+        """role -> services of the --swarm-env stack playing it: by the profile's names (the
+        lesson's where the run has no profile) and the ini key swarm_roles."""
+        profile = self.profile or load_profile("lesson", self.settings.rootdir)
+        assert profile is not None
+        return find_roles(self.declared_model(), profile.roles, self.settings.roles)
+
     def source(self, env: str, compose_files: tuple[Path, ...] | None = None) -> StackSource:
         return StackSource(
             env=env,
-            env_file=self.settings.envs_dir / f"{env}.env",
+            env_file=self.settings.env_file_of(env),
             compose_files=compose_files or self.settings.stacks,
             overrides=tuple(sorted(self.settings.variables.items())),
         )

@@ -21,7 +21,7 @@ from .errors import StackError, SwarmError
 from .lifecycle import LIFECYCLE, SwarmLifecycle, lifecycle_of
 from .report import Checks, facts_of, reason_of, render, requirement_of, suite_properties, timing_properties
 from .secrets import Masker
-from .settings import OPTIONS, Settings, SettingsError, available_envs, resolve
+from .settings import OPTIONS, Settings, SettingsError, resolve
 from .stack import load_env
 
 pytest_plugins = ["pytest_swarm.fixtures"]
@@ -68,7 +68,10 @@ def pytest_configure(config: pytest.Config) -> None:
     config.stash[MASKER] = _masker(settings)
     config.stash[_CHECKS] = Checks()
     config.pluginmanager.register(_CheckRecorder(config.stash[_CHECKS]), "swarm-checks")
-    config.stash[LIFECYCLE] = SwarmLifecycle(settings, _progress(config))
+    try:
+        config.stash[LIFECYCLE] = SwarmLifecycle(settings, _progress(config))
+    except SwarmError as exc:  # a rules file that can't be used
+        raise pytest.UsageError(str(exc)) from exc
     _install_sigterm(config)
 
 
@@ -76,9 +79,9 @@ def _masker(settings: Settings) -> Masker:
     """Secret values known before any deploy: the environment's and every env file's."""
     masker = Masker()
     masker.add(os.environ)
-    for env in available_envs(settings.envs_dir):
+    for env_file in {*settings.envs.values(), *([settings.env_file] if settings.env_file else [])}:
         try:
-            masker.add(load_env(settings.envs_dir / f"{env}.env"))
+            masker.add(load_env(env_file))
         except StackError:
             continue  # a broken env file stops the run that deploys it, with its own message
     return masker
@@ -146,13 +149,13 @@ def pytest_report_header(config: pytest.Config) -> list[str]:
 def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Any:
     """A failed test's report carries the evidence of the stacks it used (terminal and JUnit);
     a passed one's time is split into declared waits and the rest. Each test's JUnit properties
-    name its lesson requirement and why it did not pass; their secret values are masked."""
+    name its requirement and why it did not pass; their secret values are masked."""
     masker = item.config.stash[MASKER]
     if call.when == "teardown":  # JUnit takes the teardown report's properties: mask them first
         item.user_properties[:] = [(k, _masked(v, masker)) for k, v in item.user_properties]
     report = yield
     if call.when == "setup":
-        requirement = requirement_of(item.nodeid)
+        requirement = requirement_of(item.nodeid, lifecycle_of(item.config).requirement_titles())
         if requirement is not None:
             item.user_properties.append(("swarm_requirement", requirement))
     if report.passed and call.when == "call":

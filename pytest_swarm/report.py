@@ -7,24 +7,15 @@ Pure logic: plugin.py feeds it each test's reports and, at the end, what the lif
 
 from __future__ import annotations
 
-import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from .lesson import REQUIREMENTS
 from .timing import Timing
 
 if TYPE_CHECKING:
     from .lifecycle import SwarmLifecycle
 
-# The lesson's requirements, as acceptance/test_lesson.py names its tests (L01-L14 from the
-# rendered stack, L15 from every env file).
-LESSON: tuple[tuple[str, str], ...] = (
-    *((r.id, r.name) for r in REQUIREMENTS),
-    ("L15", "ui shows the env it runs in"),
-)
-_LESSON_ID = re.compile(r"(?<![A-Za-z0-9])(L\d{2})(?![0-9])")
 REASON_CHARS = 240
 
 # Worst first: a requirement checked by several tests takes the worst outcome.
@@ -40,15 +31,21 @@ SHORT = {
 }
 
 
-def requirement_of(nodeid: str) -> str | None:
-    """The lesson requirement a test checks, by its name: ``test_lesson_requirement[L01-...]`` or
-    ``test_L15_...`` -> "L01 mongo on the reliability=high node"."""
+REQUIREMENT_TEST = "test_requirement"  # pytest_swarm/acceptance/test_requirements.py
+
+
+def requirement_of(nodeid: str, requirements: Sequence[tuple[str, str]]) -> str | None:
+    """The requirement a test checks, from its id: ``test_requirement[L01-mongo-runs-...]`` ->
+    "L01 mongo runs only on the reliability=high node" (``requirements``: the profile's ids and
+    titles); None for other tests."""
     name = nodeid.rsplit("::", 1)[-1]
-    found = _LESSON_ID.search(name)
-    if found is None:
+    if not name.startswith(REQUIREMENT_TEST + "["):
         return None
-    names = dict(LESSON)
-    return f"{found.group(1)} {names[found.group(1)]}" if found.group(1) in names else None
+    param = name[len(REQUIREMENT_TEST) + 1 : -1]
+    for rid, title in sorted(requirements, key=lambda r: -len(r[0])):
+        if param == rid or param.startswith(rid + "-"):
+            return f"{rid} {title}"
+    return None
 
 
 def first_line(text: str) -> str:
@@ -88,10 +85,6 @@ class Check:
     outcome: str = "interrupted"
     seconds: float = 0.0
     reason: str = ""
-
-    @property
-    def requirement(self) -> str | None:
-        return requirement_of(self.nodeid)
 
 
 @dataclass
@@ -167,6 +160,8 @@ class RunFacts:
     stacks: Sequence[StackRow] = ()
     timings: Sequence[Timing] = ()
     notes: Sequence[str] = ()
+    profile: str = ""  # the requirement profile's name ("" for none)
+    requirements: Sequence[tuple[str, str]] = ()  # its (id, title) pairs
 
     @property
     def verdict(self) -> str:
@@ -212,6 +207,8 @@ def facts_of(lifecycle: SwarmLifecycle, checks: Checks, exit: str) -> RunFacts:
         ],
         timings=list(lifecycle.timings),
         notes=list(lifecycle.summary),
+        profile=lifecycle.profile.name if lifecycle.profile else "",
+        requirements=lifecycle.requirement_titles(),
     )
 
 
@@ -233,18 +230,19 @@ def counts_line(checks: Checks) -> str:
     return ", ".join([f"{counts['passed']} passed", *shown])
 
 
-def lesson_rows(checks: Checks) -> list[tuple[str, str, str]]:
-    """(requirement, result, why) for every lesson requirement; "not run" where no test ran it."""
+def requirement_rows(checks: Checks, requirements: Sequence[tuple[str, str]]) -> list[tuple[str, str, str]]:
+    """(requirement, result, why) for every requirement of the profile; "not run" where no test
+    ran it."""
     found: dict[str, Check] = {}
     for check in checks:
-        wanted = check.requirement
+        wanted = requirement_of(check.nodeid, requirements)
         if wanted is None:
             continue
         seen = found.get(wanted)
         if seen is None or OUTCOMES.index(check.outcome) < OUTCOMES.index(seen.outcome):
             found[wanted] = check
     rows = []
-    for rid, name in LESSON:
+    for rid, name in requirements:
         label = f"{rid} {name}"
         check = found.get(label)
         rows.append((label, "not run", "") if check is None else (label, SHORT[check.outcome], check.reason))
@@ -281,10 +279,10 @@ def render(facts: RunFacts) -> str:
             [(s.name, s.env, str(s.services), s.converged) for s in facts.stacks],
         )
         lines.append("")
-    lesson = lesson_rows(facts.checks)
-    if any(result != "not run" for _, result, _ in lesson):
-        lines += ["## Lesson requirements", ""]
-        lines += _table(("requirement", "result", "why"), lesson)
+    rows = requirement_rows(facts.checks, facts.requirements)
+    if any(result != "not run" for _, result, _ in rows):
+        lines += [f"## Requirements (profile {facts.profile})", ""]
+        lines += _table(("requirement", "result", "why"), rows)
         lines.append("")
     lines += ["## Checks", ""]
     checks = list(facts.checks)

@@ -13,10 +13,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from . import compose, envfiles
+from .errors import StackError
+from .placement import NodeFacts
+
 PROVIDERS = ("dind", "uml", "machine", "attach")
 AVAILABLE_PROVIDERS = ("dind", "uml", "machine", "attach")
 KEEP_CHOICES = ("never", "on-failure", "always")
-DEFAULT_STACKS = ("stacks/docker-compose.infra.yml", "stacks/docker-compose.yml")
+# Tried in the project folder, in this order, when --swarm-stacks is not given (compose's own names).
+COMPOSE_NAMES = ("compose.yaml", "compose.yml", "docker-compose.yaml", "docker-compose.yml")
 DEFAULT_NODE_LABELS = "master-1:reliability=high"
 ATTACH_NODE_KEYS = ("address", "engine", "host")
 ENGINE_SCHEMES = ("unix://", "tcp://", "ssh://")
@@ -61,14 +66,31 @@ class Option:
 
 
 OPTIONS: tuple[Option, ...] = (
-    Option("env", "environment to deploy: envs/<NAME>.env", ""),
+    Option("env", "environment to deploy: the env file the patterns of swarm_env_files find for NAME", ""),
+    Option("env_file", "deploy this env file (its env: --swarm-env, else its name or ENV value)", ""),
+    Option(
+        "env_files",
+        "where env files are: patterns with {env}, tried in order",
+        ",".join(envfiles.DEFAULT_PATTERNS),
+        "linelist",
+    ),
     Option("provider", f"where the nodes come from: {', '.join(PROVIDERS)}", "dind"),
     Option("workers", "number of worker nodes besides master-1", "2"),
     Option("keep", f"keep the cluster after the run: {', '.join(KEEP_CHOICES)}", "never"),
     Option("reuse", "attach to the cluster kept by an earlier run (--swarm-keep)", "false", flag=True),
     Option("timeout", "seconds a stack gets to converge", "120"),
-    Option("stacks", "compose files in deploy order, comma separated", ",".join(DEFAULT_STACKS)),
-    Option("envs_dir", "folder holding <env>.env files", "envs"),
+    Option(
+        "stacks",
+        "compose files in deploy order, comma separated (default: the first of "
+        + ", ".join(COMPOSE_NAMES)
+        + " in the project folder)",
+        "",
+    ),
+    Option(
+        "requirements",
+        "the requirement profile the stack is held to: lesson, none, or a rules file (YAML)",
+        "lesson",
+    ),
     Option("report", "write a Markdown summary of the run to this file (for a pull request)", ""),
     Option("node_labels", "swarm node labels, NODE:KEY=VALUE", DEFAULT_NODE_LABELS, "linelist"),
     Option("engine_labels", "engine labels, NODE:KEY=VALUE (NODE * = all)", "", "linelist"),
@@ -88,8 +110,8 @@ OPTIONS: tuple[Option, ...] = (
         "",
     ),
     Option(
-        "lesson_services",
-        "the lesson's roles as this stack names them, ROLE=SERVICE (ui post comment mongo node-exporter)",
+        "roles",
+        "services the profile's roles can't find by name or image, ROLE=SERVICE (e.g. ui=frontend)",
         "",
         "linelist",
     ),
@@ -120,13 +142,15 @@ class Settings:
 
     rootdir: Path
     env: str | None = None
+    env_file: Path | None = None  # the file of ``env``
+    envs: Mapping[str, Path] = field(default_factory=dict)  # every env found: name -> file
     provider: str = "dind"
     workers: int = 2
     keep: str = "never"
     reuse: bool = False
     timeout: float = 120.0
     stacks: tuple[Path, ...] = ()
-    envs_dir: Path = Path("envs")
+    requirements: str = "lesson"  # lesson, none, or the path of a rules file
     report: Path | None = None  # --swarm-report: the Markdown summary
     node_labels: Labels = field(default_factory=dict)
     engine_labels: Labels = field(default_factory=dict)
@@ -134,7 +158,7 @@ class Settings:
     offline_images: Mapping[str, Path] = field(default_factory=dict)
     side_by_side: tuple[str, ...] = ()
     variables: Mapping[str, str] = field(default_factory=dict)  # --swarm-set: over every env file's
-    lesson_services: Mapping[str, str] = field(default_factory=dict)  # role -> service
+    roles: Mapping[str, str] = field(default_factory=dict)  # role -> service, where given
     context: str = ""
     attach_nodes: Labels = field(default_factory=dict)  # node -> address/engine/host
     machines: tuple[str, ...] = ()
@@ -146,13 +170,31 @@ class Settings:
     gce_image: str = DEFAULT_GCE_IMAGE
     sources: Mapping[str, str] = field(default_factory=dict)  # option -> cli|env|ini|default
 
-    @property
-    def env_file(self) -> Path | None:
-        return None if self.env is None else self.envs_dir / f"{self.env}.env"
+    def env_file_of(self, env: str) -> Path:
+        """The file of ``env``: --swarm-env's own, or one the patterns found."""
+        if env == self.env and self.env_file is not None:
+            return self.env_file
+        if env in self.envs:
+            return self.envs[env]
+        raise StackError(f"no env file for {env!r}; envs found: {envfiles.describe(self.envs, self.rootdir)}")
 
     @property
     def node_names(self) -> tuple[str, ...]:
         return ("master-1", *(f"worker-{i}" for i in range(1, self.workers + 1)))
+
+    def planned_nodes(self) -> list[NodeFacts]:
+        """The nodes of the cluster the stack is meant for, as configured (names, roles, labels):
+        what placement rules are judged on before any node exists."""
+        return [
+            NodeFacts(
+                id=name,
+                hostname=name,
+                role="manager" if name == "master-1" else "worker",
+                labels=self.labels_for(name, self.node_labels),
+                engine_labels=self.labels_for(name, self.engine_labels),
+            )
+            for name in self.node_names
+        ]
 
     def labels_for(self, node: str, labels: Labels) -> dict[str, str]:
         """Labels of ``node``: those given for ``*`` first, then the node's own."""
@@ -174,10 +216,6 @@ def _short(path: Path, root: Path) -> str:
         return str(path.relative_to(root))
     except ValueError:
         return str(path)
-
-
-def available_envs(envs_dir: Path) -> list[str]:
-    return sorted(p.stem for p in envs_dir.glob("*.env")) if envs_dir.is_dir() else []
 
 
 def resolve(
@@ -226,39 +264,33 @@ def resolve(
         raise SettingsError(
             f"--swarm-provider={provider} is not available yet; available: {', '.join(AVAILABLE_PROVIDERS)}"
         )
-    envs_dir = path(text("envs_dir"))
-    env = text("env") or None
-    if env is not None and not (envs_dir / f"{env}.env").is_file():
-        found = available_envs(envs_dir)
-        listing = ", ".join(found) if found else f"none: {envs_dir} has no *.env file"
-        raise SettingsError(f"--swarm-env={env}: no file {envs_dir / (env + '.env')}; found: {listing}")
-    stacks = tuple(path(p) for p in items("stacks"))
+    stacks = tuple(path(p) for p in items("stacks")) or _default_stacks(rootdir)
+    patterns = tuple(_env_pattern(p) for p in items("env_files"))
+    envs = envfiles.find_envs(rootdir, patterns, exclude=compose.referenced_env_files(stacks))
+    env, env_file = _env(text("env") or None, text("env_file"), envs, patterns, rootdir, path)
     if env is not None:
-        missing = [str(p) for p in stacks if not p.is_file()]
-        if missing:
-            raise SettingsError(
-                f"--swarm-stacks: compose file not found: {', '.join(missing)} "
-                "(give existing files, comma separated, in deploy order)"
-            )
+        _check_stacks(stacks, rootdir)
 
     return Settings(
         rootdir=rootdir,
         env=env,
+        env_file=env_file,
+        envs=envs,
         provider=provider,
         workers=_integer("workers", text("workers"), minimum=0),
         keep=_choice("keep", text("keep"), KEEP_CHOICES),
         reuse=_boolean("reuse", text("reuse")),
         timeout=_number("timeout", text("timeout")),
         stacks=stacks,
-        envs_dir=envs_dir,
+        requirements=text("requirements"),
         report=_report_path(text("report"), path),
         node_labels=parse_node_labels("node_labels", items("node_labels")),
         engine_labels=parse_node_labels("engine_labels", items("engine_labels")),
         build=_service_paths("build", items("build"), path),
         offline_images=_service_paths("offline_images", items("offline_images"), path),
-        side_by_side=_side_by_side(items("side_by_side"), env, envs_dir),
+        side_by_side=_side_by_side(items("side_by_side"), env, envs, rootdir),
         variables=_variables(items("set")),
-        lesson_services=_pairs("lesson_services", items("lesson_services")),
+        roles=_pairs("roles", items("roles")),
         context=text("context"),
         attach_nodes=parse_attach_nodes(items("attach_nodes")),
         machines=_machine_names(items("machines")),
@@ -281,14 +313,76 @@ def _report_path(value: str, path: Callable[[str], Path]) -> Path | None:
     return report
 
 
-def _side_by_side(named: Sequence[str], env: str | None, envs_dir: Path) -> tuple[str, ...]:
-    found = available_envs(envs_dir)
-    unknown = [e for e in named if e not in found]
+def _default_stacks(rootdir: Path) -> tuple[Path, ...]:
+    for name in COMPOSE_NAMES:
+        if (rootdir / name).is_file():
+            return (rootdir / name,)
+    return ()
+
+
+def _check_stacks(stacks: Sequence[Path], rootdir: Path) -> None:
+    if not stacks:
+        seen = sorted(p.name for p in rootdir.glob("*.y*ml") if "compose" in p.name)
+        hint = f" (compose-like files here: {', '.join(seen)})" if seen else ""
+        raise SettingsError(
+            f"no compose file: none of {', '.join(COMPOSE_NAMES)} is in {rootdir}{hint}; "
+            "give them with --swarm-stacks=a.yml,b.yml (in deploy order) or the ini key swarm_stacks"
+        )
+    missing = [str(p) for p in stacks if not p.is_file()]
+    if missing:
+        raise SettingsError(
+            f"--swarm-stacks: compose file not found: {', '.join(missing)} "
+            "(give existing files, comma separated, in deploy order)"
+        )
+
+
+def _env_pattern(pattern: str) -> str:
+    try:
+        return envfiles.check_pattern(pattern)
+    except ValueError as exc:
+        raise SettingsError(f"swarm_env_files: {exc}") from exc
+
+
+def _env(
+    env: str | None,
+    env_file: str,
+    envs: Mapping[str, Path],
+    patterns: Sequence[str],
+    rootdir: Path,
+    path: Callable[[str], Path],
+) -> tuple[str | None, Path | None]:
+    """The env to deploy and its file, from --swarm-env and --swarm-env-file."""
+    if env_file:
+        file = path(env_file)
+        if not file.is_file():
+            raise SettingsError(f"--swarm-env-file={env_file}: no such file ({file})")
+        if env is None:
+            from dotenv import dotenv_values  # reads ENV the way the deploy will
+
+            values = {k: v or "" for k, v in dotenv_values(file).items()}
+            env = envfiles.env_of_file(file, rootdir, patterns, values)
+        return env.lower(), file
+    if env is None:
+        return None, None
+    if env.lower() not in envs:
+        raise SettingsError(
+            f"--swarm-env={env}: no env file for it; envs found: {envfiles.describe(envs, rootdir)} "
+            f"(looked for {', '.join(p.replace('{env}', env) for p in patterns)} in {rootdir}; "
+            "give the file with --swarm-env-file PATH, or its name pattern with the ini key swarm_env_files)"
+        )
+    return env.lower(), envs[env.lower()]
+
+
+def _side_by_side(
+    named: Sequence[str], env: str | None, envs: Mapping[str, Path], rootdir: Path
+) -> tuple[str, ...]:
+    unknown = [e for e in named if e.lower() not in envs]
     if unknown:
         raise SettingsError(
-            f"--swarm-side-by-side: no env file for {', '.join(unknown)}; found: {', '.join(found)}"
+            f"--swarm-side-by-side: no env file for {', '.join(unknown)}; "
+            f"envs found: {envfiles.describe(envs, rootdir)}"
         )
-    return tuple(e for e in (named or found) if e != env)
+    return tuple(e for e in ([n.lower() for n in named] or sorted(envs)) if e != env)
 
 
 def _choice(name: str, value: str, choices: Sequence[str]) -> str:
@@ -395,7 +489,7 @@ def _variables(entries: Sequence[str]) -> dict[str, str]:
 def _pairs(name: str, entries: Sequence[str]) -> dict[str, str]:
     """``KEY=VALUE`` entries; a malformed one names the option and the form it takes."""
     form = {
-        "lesson_services": "ROLE=SERVICE, e.g. ui=frontend",
+        "roles": "ROLE=SERVICE, e.g. ui=frontend",
         "set": "KEY=VALUE, e.g. POST_REPLICAS=1",
     }.get(name, "SERVICE=BUILD_CONTEXT, e.g. ui=stacks/images/ui")
     result: dict[str, str] = {}

@@ -19,7 +19,7 @@ import docker.errors
 import yaml
 from dotenv import dotenv_values
 
-from . import images, network_join
+from . import compose, images, network_join
 from .cluster import STACK_LABEL, Cluster, Service
 from .commands import run_docker
 from .errors import CommandError, StackError
@@ -61,21 +61,6 @@ def load_env(env_file: Path) -> dict[str, str]:
 def stack_name(env: str, values: Mapping[str, str]) -> str:
     """The env's ``ENV`` value if it sets one (as the lesson's DEV), else the env name upper-cased."""
     return values.get("ENV") or env.upper()
-
-
-def check_compose_files(files: Sequence[Path]) -> None:
-    """Each file exists and parses as YAML; an error names the file and the line."""
-    for path in files:
-        if not path.is_file():
-            raise StackError(f"compose file {path} does not exist (check --swarm-stacks)")
-        try:
-            document = yaml.safe_load(path.read_text())
-        except yaml.MarkedYAMLError as exc:
-            mark = exc.problem_mark or exc.context_mark
-            where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark else str(path)
-            raise StackError(f"{where}: not valid YAML: {exc.problem or exc}") from exc
-        if not isinstance(document, dict) or not isinstance(document.get("services"), dict):
-            raise StackError(f"{path}: not a compose file (no `services:` mapping at the top)")
 
 
 def required_variables(text: str) -> set[str]:
@@ -130,7 +115,7 @@ def check_stack_config_support() -> None:
 
 def render(source: StackSource) -> dict[str, Any]:
     """Validate, then render the stack as ``docker stack deploy`` will see it."""
-    check_compose_files(source.compose_files)
+    compose.check(source.compose_files)
     values = source.values()
     missing = missing_variables(source.compose_files, values)
     if missing:
@@ -141,13 +126,33 @@ def render(source: StackSource) -> dict[str, Any]:
             + f"\nadd them to {source.env_file} (KEY=VALUE)"
         )
     check_stack_config_support()
-    args = ["stack", "config", *(a for f in source.compose_files for a in ("-c", str(f)))]
     try:
-        text = run_docker(args, timeout=60, env=cli_environment(values))
+        text = _stack_config(source.compose_files, values)
     except CommandError as exc:
-        raise StackError(f"rendering {source.env} failed: {exc}") from exc
+        raise StackError(
+            f"docker refuses the stack of {source.env}: {_refused_by(source, values, exc)}"
+        ) from exc
     model: dict[str, Any] = yaml.safe_load(text)
-    return model
+    return compose.absolute_paths(model, compose.base_dir(source.compose_files))
+
+
+def _stack_config(files: Sequence[Path], values: Mapping[str, str]) -> str:
+    args = ["stack", "config", *(a for f in files for a in ("-c", str(f)))]
+    return run_docker(args, timeout=60, env=cli_environment(values))
+
+
+def _refused_by(source: StackSource, values: Mapping[str, str], error: CommandError) -> str:
+    """Docker's reason, with the compose file it is about: docker names none, so each file is
+    rendered alone; when each passes alone, it is about how they combine."""
+    reason = str(error).partition("` exited ")[2].partition(": ")[2] or str(error)
+    if len(source.compose_files) > 1:
+        for path in source.compose_files:
+            try:
+                _stack_config([path], values)
+            except CommandError:
+                return f"{path}: {reason}"
+        return f"{', '.join(map(str, source.compose_files))} (together): {reason}"
+    return f"{source.compose_files[0]}: {reason}"
 
 
 def published_ports(model: Mapping[str, Any]) -> dict[int, str]:

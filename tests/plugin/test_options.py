@@ -10,9 +10,7 @@ import pytest
 @pytest.fixture
 def project(pytester: pytest.Pytester) -> pytest.Pytester:
     pytester.makefile(".env", **{"envs/dev": "ENV=DEV\n", "envs/stage": "ENV=STAGE\n"})
-    (pytester.path / "stacks").mkdir()
-    for name in ("docker-compose.yml", "docker-compose.infra.yml"):
-        (pytester.path / "stacks" / name).write_text("services: {}\n")
+    (pytester.path / "docker-compose.yml").write_text("services: {}\n")
     return pytester
 
 
@@ -22,8 +20,7 @@ def test_header_shows_the_effective_settings(project: pytest.Pytester) -> None:
     result = project.runpytest("--swarm-env=dev", "--swarm-timeout=45")
     result.stdout.fnmatch_lines(
         [
-            "swarm: provider=dind env=dev workers=3 keep=never reuse=no timeout=45s "
-            "stacks=stacks/docker-compose.infra.yml,stacks/docker-compose.yml",
+            "swarm: provider=dind env=dev workers=3 keep=never reuse=no timeout=45s stacks=docker-compose.yml",
             "swarm settings from: env=cli, timeout=cli, workers=ini",
         ]
     )
@@ -51,7 +48,7 @@ def test_environment_variable_beats_ini_and_cli_beats_both(
 @pytest.mark.parametrize(
     ("args", "error"),
     [
-        (["--swarm-env=qa"], "*--swarm-env=qa: no file *qa.env; found: dev, stage*"),
+        (["--swarm-env=qa"], "*--swarm-env=qa: no env file for it; envs found: dev (envs/dev.env), stage (*"),
         (["--swarm-provider=k8s"], "*choose one of: dind, uml, machine, attach*"),
         (["--swarm-machines=master_1"], "*master_1 is not a docker-machine name*"),
         (["--swarm-keep=maybe"], "*choose one of: never, on-failure, always*"),
@@ -95,7 +92,7 @@ def test_swarm_stack_without_env_says_what_to_do(project: pytest.Pytester) -> No
     )
     project.makepyfile("def test_stack(swarm_stack): pass")
     result = project.runpytest()
-    result.stdout.fnmatch_lines(["*swarm_stack needs --swarm-env NAME (env files found: dev, stage)*"])
+    result.stdout.fnmatch_lines(["*swarm_stack needs --swarm-env NAME (envs found: dev (envs/dev.env), stage (envs/stage.env))*"])
     assert result.ret == pytest.ExitCode.TESTS_FAILED
 
 

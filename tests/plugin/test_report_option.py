@@ -23,16 +23,20 @@ def test_skipped():
     pass
 
 @pytest.mark.parametrize(
-    "rid", ["L01-mongo-on-the-reliability-high-node", "L02-app-services-only-on-workers"]
+    "rid",
+    [
+        "L01-mongo-runs-only-on-the-reliability-high-node",
+        "L02-app-services-run-only-on-workers",
+        "L17-ui-shows-the-env-it-runs-in-env-from-the-env-file",
+    ],
 )
-def test_lesson_requirement(rid):
+def test_requirement(rid):
+    if rid.startswith("L17"):
+        pytest.skip("only one env file")
     assert rid.startswith("L01"), (
-        f"{{rid[:3]}} app services only on workers:\\n"
-        "  ui: placement constraints [], required 'node.role == worker'"
+        f"{{rid[:3]}} app services run only on workers:\\n"
+        "  ui: placement constraints none let it run on ['master-1']; required: only where node.role == worker"
     )
-
-def test_L15_ui_shows_the_env_of_each_env_file():
-    pytest.skip("only one env file")
 
 def test_leaks_secrets(record_property):
     record_property("login", "mongo login {SECRET}")
@@ -63,22 +67,25 @@ def case_properties(junit: ET.Element, name: str) -> dict[str, str]:
     return {p.get("name", ""): p.get("value", "") for p in case.iter("property")}
 
 
-def test_report_has_verdict_settings_lesson_lines_and_one_line_per_check(project: pytest.Pytester) -> None:
+def test_report_has_verdict_settings_requirement_lines_and_one_line_per_check(
+    project: pytest.Pytester,
+) -> None:
     result, report, _ = run(project)
     result.assert_outcomes(passed=2, failed=3, skipped=2)
     lines = report.splitlines()
     assert lines[0] == "# pytest-swarm: FAILED (2 passed, 3 failed, 2 skipped)"
+    assert "## Requirements (profile lesson)" in lines
     assert "| env | - (no --swarm-env) |" in lines
     assert "| provider | dind |" in lines
     assert "| cluster | none brought up |" in lines
     assert "| pytest exit | TESTS_FAILED |" in lines
-    assert "| L01 mongo on the reliability=high node | pass |  |" in lines
+    assert "| L01 mongo runs only on the reliability=high node | pass |  |" in lines
     assert (
-        "| L02 app services only on workers | FAIL | L02 app services only on workers: "
-        "ui: placement constraints [], required 'node.role == worker' |"
+        "| L02 app services run only on workers | FAIL | L02 app services run only on workers: "
+        "ui: placement constraints none let it run on ['master-1']; required: only where node.role == worker |"
     ) in lines
     assert "| L03 app services run at least 3 replicas | not run |  |" in lines
-    assert "| L15 ui shows the env it runs in | skip | only one env file |" in lines
+    assert "| L17 ui shows the env it runs in (ENV from the env file) | skip | only one env file |" in lines
     checks = [line for line in lines if line.startswith("| test_suite.py::")]
     assert len(checks) == 7
     assert checks[0].startswith("| test_suite.py::test_passes | pass | ")
@@ -95,11 +102,11 @@ def test_junit_carries_requirement_reason_and_session_properties(project: pytest
     assert suite["swarm_provider"] == "dind"
     assert suite["swarm_verdict"] == "FAILED"
     assert suite["swarm_cluster"] == "none brought up"
-    l02 = case_properties(junit, "test_lesson_requirement[L02-app-services-only-on-workers]")
-    assert l02["swarm_requirement"] == "L02 app services only on workers"
-    assert l02["swarm_outcome_reason"].startswith("L02 app services only on workers: ui: placement")
-    l01 = case_properties(junit, "test_lesson_requirement[L01-mongo-on-the-reliability-high-node]")
-    assert l01 == {"swarm_requirement": "L01 mongo on the reliability=high node"}
+    l02 = case_properties(junit, "test_requirement[L02-app-services-run-only-on-workers]")
+    assert l02["swarm_requirement"] == "L02 app services run only on workers"
+    assert l02["swarm_outcome_reason"].startswith("L02 app services run only on workers: ui: placement")
+    l01 = case_properties(junit, "test_requirement[L01-mongo-runs-only-on-the-reliability-high-node]")
+    assert l01 == {"swarm_requirement": "L01 mongo runs only on the reliability=high node"}
     assert case_properties(junit, "test_skipped") == {"swarm_outcome_reason": "needs IPVS on every node"}
 
 

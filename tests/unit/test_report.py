@@ -1,4 +1,4 @@
-"""The review report's pure logic: outcomes over phases, lesson lines, Markdown, suite properties."""
+"""The review report's pure logic: outcomes over phases, requirement lines, Markdown, suite properties."""
 
 from __future__ import annotations
 
@@ -13,12 +13,19 @@ from pytest_swarm.report import (
     RunFacts,
     StackRow,
     first_line,
-    lesson_rows,
     render,
     requirement_of,
+    requirement_rows,
     suite_properties,
 )
 from pytest_swarm.timing import Timing
+
+# the profile's (id, title) pairs, as the lifecycle hands them to the report
+REQUIREMENTS = [
+    ("L01", "mongo runs only on the reliability=high node"),
+    ("L03", "app services run 3"),
+    ("R1", "x"),
+]
 
 
 def phase(
@@ -46,20 +53,17 @@ def crash(message: str) -> Any:
     ("nodeid", "requirement"),
     [
         (
-            "acceptance/test_lesson.py::test_lesson_requirement[L01-mongo-on-the-reliability-high-node]",
-            "L01 mongo on the reliability=high node",
+            "acceptance/test_requirements.py::test_requirement[L01-mongo-runs-only-on-the-reliability-high-node]",
+            "L01 mongo runs only on the reliability=high node",
         ),
-        (
-            "acceptance/test_lesson.py::test_L15_ui_shows_the_env_of_each_env_file",
-            "L15 ui shows the env it runs in",
-        ),
+        ("acceptance/test_requirements.py::test_requirement[R1]", "R1 x"),
+        ("acceptance/test_requirements.py::test_requirement[R10-other]", None),
         ("acceptance/test_cluster.py::test_one_leader", None),
-        ("acceptance/test_x.py::test_L99_unknown", None),
-        ("acceptance/test_x.py::test_HTML5_page", None),
+        ("acceptance/test_x.py::test_L01_unknown", None),
     ],
 )
 def test_requirement_of_reads_the_test_name(nodeid: str, requirement: str | None) -> None:
-    assert requirement_of(nodeid) == requirement
+    assert requirement_of(nodeid, REQUIREMENTS) == requirement
 
 
 def test_first_line_joins_an_introduction_with_its_first_problem() -> None:
@@ -109,22 +113,20 @@ def test_a_teardown_error_turns_a_pass_into_an_error_but_keeps_a_failure() -> No
     assert checks.by_id["t::b"].outcome == "failed"
 
 
-def test_lesson_rows_take_the_worst_outcome_and_list_every_requirement() -> None:
+def test_requirement_rows_take_the_worst_outcome_and_list_every_requirement() -> None:
     checks = Checks()
-    checks.add(phase("a::test_lesson_requirement[L03-x]", "call", "passed"))
-    checks.add(
-        phase("b::test_lesson_requirement[L03-y]", "call", "failed", crash("AssertionError: ui: replicas 1"))
-    )
-    rows = {label.split()[0]: (result, why) for label, result, why in lesson_rows(checks)}
+    checks.add(phase("a::test_requirement[L03-x]", "call", "passed"))
+    checks.add(phase("b::test_requirement[L03-y]", "call", "failed", crash("AssertionError: ui: replicas 1")))
+    rows = {label.split()[0]: (result, why) for label, result, why in requirement_rows(checks, REQUIREMENTS)}
     assert rows["L03"] == ("FAIL", "ui: replicas 1")
     assert rows["L01"] == ("not run", "")
-    assert sorted(rows) == [f"L{i:02d}" for i in range(1, 16)]
+    assert sorted(rows) == ["L01", "L03", "R1"]
 
 
 def facts(**overrides: Any) -> RunFacts:
     checks = Checks()
     checks.add(
-        phase("acceptance/test_lesson.py::test_lesson_requirement[L01-m]", "call", "passed", duration=0.2)
+        phase("acceptance/test_requirements.py::test_requirement[L01-m]", "call", "passed", duration=0.2)
     )
     checks.add(phase("acceptance/test_x.py::test_pipe", "call", "failed", crash("AssertionError: a | b")))
     base: dict[str, Any] = {
@@ -140,6 +142,8 @@ def facts(**overrides: Any) -> RunFacts:
         ],
         "timings": [Timing("t::update", 30.0, 25.0, ("update delay 5 s x 5",))],
         "notes": ["cluster b68b3f22 removed"],
+        "profile": "lesson",
+        "requirements": REQUIREMENTS,
     }
     return RunFacts(**{**base, **overrides})
 
@@ -152,18 +156,19 @@ def test_render_has_each_section() -> None:
     assert "| master-1 | manager (Leader) | ready/active | 20.10.24 | 172.18.0.2 |" in lines
     assert "| DEV | dev | 7 | yes, in 14.2 s |" in lines
     assert "| STAGE | stage | 7 | NO: ui: 1 of 3 running |" in lines
-    assert "| L01 mongo on the reliability=high node | pass |  |" in lines
+    assert "## Requirements (profile lesson)" in lines
+    assert "| L01 mongo runs only on the reliability=high node | pass |  |" in lines
     assert "| acceptance/test_x.py::test_pipe | FAIL | 0.0 s | a \\| b |" in lines  # | escaped
     assert "Tests that declared waits: 25.0 s of declared waits, 5.0 s rest." in lines
     assert "- cluster b68b3f22 removed" in lines
 
 
-def test_render_without_cluster_or_lesson_tests_writes_what_it_has() -> None:
+def test_render_without_cluster_or_requirement_tests_writes_what_it_has() -> None:
     text = render(facts(cluster="", nodes=[], stacks=[], timings=[], notes=[], checks=Checks(), exit="OK"))
     assert text.splitlines()[0] == "# pytest-swarm: PASSED (0 passed)"
     assert "| cluster | none brought up |" in text
     assert "No test ran." in text
-    assert "## Cluster" not in text and "## Lesson requirements" not in text
+    assert "## Cluster" not in text and "## Requirements" not in text
 
 
 def test_suite_properties_name_nodes_and_stacks() -> None:

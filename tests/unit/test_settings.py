@@ -19,10 +19,12 @@ def root(tmp_path: Path) -> Path:
 def test_defaults(root: Path) -> None:
     s = resolve({}, {}, {}, root)
     assert (s.provider, s.workers, s.keep, s.reuse, s.timeout) == ("dind", 2, "never", False, 120.0)
-    assert s.stacks == (
-        root / "stacks/docker-compose.infra.yml",
-        root / "stacks/docker-compose.yml",
-    )
+    assert s.stacks == ()  # no compose file of compose's own names in the project folder
+    (root / "docker-compose.yml").write_text("services: {}\n")
+    assert resolve({}, {}, {}, root).stacks == (root / "docker-compose.yml",)
+    (root / "compose.yaml").write_text("services: {}\n")
+    assert resolve({}, {}, {}, root).stacks == (root / "compose.yaml",)  # compose's own order
+    assert s.requirements == "lesson"
     assert s.node_labels == {"master-1": {"reliability": "high"}}
     assert s.node_names == ("master-1", "worker-1", "worker-2")
     assert set(s.sources.values()) == {"default"}
@@ -55,8 +57,10 @@ def test_linelist_ini_and_env(root: Path) -> None:
         ({"workers": "two"}, "whole number >= 0"),
         ({"workers": "-1"}, "whole number >= 0"),
         ({"timeout": "0"}, "number of seconds > 0"),
-        ({"env": "qa"}, "found: dev, stage"),
+        ({"env": "qa"}, r"envs found: dev \(envs/dev.env\), stage \(envs/stage.env\)"),
         ({"env": "dev", "stacks": "stacks/nope.yml"}, "compose file not found"),
+        ({"env": "dev"}, "no compose file: none of compose.yaml, .*give them with --swarm-stacks"),
+        ({"env_file": "nope.env"}, "--swarm-env-file=nope.env: no such file"),
     ],
 )
 def test_bad_values_name_the_valid_ones(root: Path, cli: dict[str, str], message: str) -> None:
@@ -64,13 +68,49 @@ def test_bad_values_name_the_valid_ones(root: Path, cli: dict[str, str], message
         resolve(cli, {}, {}, root)
 
 
+STACKS = {"stacks": "stacks/docker-compose.yml"}
+
+
 def test_env_file_found(root: Path) -> None:
-    s = resolve({"env": "stage"}, {}, {}, root)
+    s = resolve({"env": "stage", **STACKS}, {}, {}, root)
     assert s.env_file == root / "envs" / "stage.env"
+    assert s.envs == {"dev": root / "envs/dev.env", "stage": root / "envs/stage.env"}
 
 
-def test_unknown_env_with_no_envs_dir(tmp_path: Path) -> None:
-    with pytest.raises(SettingsError, match=r"has no \*\.env file"):
+@pytest.mark.parametrize("name", [".env_DEV", ".env.dev", "dev.env", ".env-Dev"])
+def test_env_files_as_teams_name_them(tmp_path: Path, name: str) -> None:
+    (tmp_path / name).write_text("ENV=DEV\n")
+    (tmp_path / "docker-compose.yml").write_text("services: {}\n")
+    s = resolve({"env": "dev"}, {}, {}, tmp_path)
+    assert (s.env, s.env_file, s.stacks) == ("dev", tmp_path / name, (tmp_path / "docker-compose.yml",))
+
+
+def test_env_file_pattern_from_ini_and_env_file_given(tmp_path: Path) -> None:
+    (tmp_path / "docker-compose.yml").write_text("services: {}\n")
+    (tmp_path / "config").mkdir()
+    (tmp_path / "config" / "reddit-prod.vars").write_text("ENV=PROD\n")
+    s = resolve({"env": "prod"}, {}, {"env_files": ["config/reddit-{env}.vars"]}, tmp_path)
+    assert s.env_file == tmp_path / "config/reddit-prod.vars"
+    with pytest.raises(SettingsError, match="swarm_env_files: 'config/x.vars' needs one {env}"):
+        resolve({}, {}, {"env_files": ["config/x.vars"]}, tmp_path)
+    (tmp_path / ".env").write_text("ENV=QA\n")
+    s = resolve({"env_file": ".env"}, {}, {}, tmp_path)
+    assert (s.env, s.env_file) == ("qa", tmp_path / ".env")  # named after its ENV value
+    s = resolve({"env_file": ".env", "env": "dev"}, {}, {}, tmp_path)
+    assert (s.env, s.env_file) == ("dev", tmp_path / ".env")
+
+
+def test_a_services_own_env_file_is_not_an_env(tmp_path: Path) -> None:
+    (tmp_path / "docker-compose.yml").write_text("services: {ui: {image: u, env_file: ui.env}}\n")
+    (tmp_path / "ui.env").write_text("COLOR=blue\n")
+    (tmp_path / "dev.env").write_text("ENV=DEV\n")
+    assert resolve({}, {}, {}, tmp_path).envs == {"dev": tmp_path / "dev.env"}
+
+
+def test_unknown_env_with_no_env_file(tmp_path: Path) -> None:
+    with pytest.raises(
+        SettingsError, match=r"no env file for it; envs found: none \(looked for envs/dev.env, dev.env"
+    ):
         resolve({"env": "dev"}, {}, {}, tmp_path)
 
 
@@ -88,11 +128,13 @@ def test_reuse_flag_values(root: Path) -> None:
 
 
 def test_side_by_side_defaults_to_every_other_env(root: Path) -> None:
-    assert resolve({"env": "dev"}, {}, {}, root).side_by_side == ("stage",)
-    (root / "envs" / "prod.env").write_text("ENV=PROD\n")
-    assert resolve({"env": "dev", "side_by_side": "prod"}, {}, {}, root).side_by_side == ("prod",)
-    with pytest.raises(SettingsError, match="no env file for qa; found: dev, prod, stage"):
-        resolve({"env": "dev", "side_by_side": "qa"}, {}, {}, root)
+    assert resolve({"env": "dev", **STACKS}, {}, {}, root).side_by_side == ("stage",)
+    (root / ".env_PROD").write_text("ENV=PROD\n")
+    assert resolve({"env": "dev", "side_by_side": "PROD", **STACKS}, {}, {}, root).side_by_side == ("prod",)
+    with pytest.raises(
+        SettingsError, match=r"no env file for qa; envs found: dev \(envs/dev.env\), prod \(.env_PROD\), stage"
+    ):
+        resolve({"env": "dev", "side_by_side": "qa", **STACKS}, {}, {}, root)
 
 
 def test_attach_and_machine_are_available(root: Path) -> None:

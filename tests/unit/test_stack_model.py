@@ -2,10 +2,10 @@ from pathlib import Path
 
 import pytest
 
+from pytest_swarm import compose
 from pytest_swarm.errors import StackError
 from pytest_swarm.stack import (
     StackSource,
-    check_compose_files,
     load_env,
     missing_variables,
     port_clashes,
@@ -40,19 +40,19 @@ def test_compose_file_that_does_not_parse_names_file_and_line(tmp_path: Path) ->
     bad = tmp_path / "bad.yml"
     bad.write_text("services:\n  ui:\n    image: [oops\n    ports: 1\n")
     with pytest.raises(StackError, match=r"bad\.yml:\d+:\d+: not valid YAML"):
-        check_compose_files([bad])
+        compose.check([bad])
 
 
 def test_compose_file_without_services(tmp_path: Path) -> None:
     odd = tmp_path / "odd.yml"
     odd.write_text("- just a list\n")
     with pytest.raises(StackError, match="no `services:` mapping"):
-        check_compose_files([odd])
+        compose.check([odd])
 
 
 def test_missing_compose_file(tmp_path: Path) -> None:
     with pytest.raises(StackError, match="does not exist"):
-        check_compose_files([tmp_path / "nope.yml"])
+        compose.check([tmp_path / "nope.yml"])
 
 
 def test_env_file_missing_lists_the_others(tmp_path: Path) -> None:

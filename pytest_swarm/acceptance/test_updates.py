@@ -124,7 +124,7 @@ class Updates:
         """Wait for ``service``'s ``part``; return what it saw (or raise what it raised), after
         handing its own time and declared waits to the timing fixtures."""
         outcome = self.together.outcome((part, service), timeout=1800)
-        if took is not None and declared_wait is not None and outcome.error is None:
+        if took is not None and declared_wait is not None and outcome.value is not None:
             took(outcome.seconds, f"its {part}, beside the other services' updates")
             for wait in outcome.value.waits:
                 declared_wait(*wait)

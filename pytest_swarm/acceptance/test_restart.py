@@ -16,6 +16,7 @@ import sys
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
+from functools import partial
 from itertools import pairwise
 from pathlib import Path
 from typing import Any
@@ -141,7 +142,7 @@ class Crashers:
         wanted = selected_params(request, ("restarting_service",), module=sys.modules[__name__])
         self.together: Together[tuple[str, str], Watched] = Together(
             {
-                (test, str(service)): (lambda test=test, service=str(service): self.watch(test, service))
+                (test, str(service)): partial(self.watch, test, str(service))
                 for test, services in wanted.items()
                 for service in services
             },

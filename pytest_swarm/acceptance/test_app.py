@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import re
 import uuid
+from collections.abc import Callable
 
 import pytest
 import requests
@@ -17,8 +18,8 @@ from pytest_swarm.stack import DeployedStack
 from pytest_swarm.waiting import Poll, wait_for
 
 
-def ui_port(swarm_stack: DeployedStack, swarm_settings: Settings) -> int:
-    ui = swarm_settings.lesson_services.get("ui", "ui")
+def ui_port(swarm_stack: DeployedStack, swarm_role: Callable[[str], str]) -> int:
+    ui = swarm_role("ui")
     port = swarm_stack.published_port(ui)
     if port is None:
         pytest.skip(f"{ui} publishes no port")
@@ -43,9 +44,9 @@ def add_post(address: str, port: int) -> tuple[str, str]:
 @pytest.mark.needs_vip
 @pytest.mark.needs_routing_mesh
 def test_a_post_added_on_one_node_is_read_on_another(
-    swarm: Cluster, swarm_stack: DeployedStack, swarm_settings: Settings
+    swarm: Cluster, swarm_stack: DeployedStack, swarm_settings: Settings, swarm_role: Callable[[str], str]
 ) -> None:
-    port = ui_port(swarm_stack, swarm_settings)
+    port = ui_port(swarm_stack, swarm_role)
     first, second = [swarm.addresses[n] for n in sorted(swarm.addresses)[:2]]
     title, post_id = add_post(first, port)
 
@@ -70,10 +71,10 @@ def test_a_post_added_on_one_node_is_read_on_another(
 @pytest.mark.needs_vip
 @pytest.mark.needs_routing_mesh
 def test_a_post_survives_a_restart_of_the_database_task(
-    swarm: Cluster, swarm_stack: DeployedStack, swarm_settings: Settings
+    swarm: Cluster, swarm_stack: DeployedStack, swarm_settings: Settings, swarm_role: Callable[[str], str]
 ) -> None:
-    port = ui_port(swarm_stack, swarm_settings)
-    mongo = swarm_settings.lesson_services.get("mongo", "mongo")
+    port = ui_port(swarm_stack, swarm_role)
+    mongo = swarm_role("mongo")
     first, second = [swarm.addresses[n] for n in sorted(swarm.addresses)[:2]]
     title, post_id = add_post(first, port)
 
@@ -110,7 +111,7 @@ def test_a_post_survives_a_restart_of_the_database_task(
     # The app is left working for the next test: each post task fails its first request after
     # the database restarted (its connection broke), so writes go on until a round of them, as
     # many as there are post tasks, twice over (the VIP spreads them), all succeed.
-    post = swarm_stack.service(swarm_settings.lesson_services.get("post", "post"))
+    post = swarm_stack.service(swarm_role("post"))
     writes = 2 * max(len(post.running_tasks()), 1)
 
     def writing() -> Poll[list[int]]:

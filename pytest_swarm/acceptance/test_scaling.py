@@ -101,19 +101,43 @@ def test_scale_up_and_down_converges_evenly(scaled: Together[str, list[str]], st
     assert not uneven, "; ".join(uneven)
 
 
-def one_more_goes_to(
-    swarm: Cluster, stack: DeployedStack, service: Service, worker: str, timeout: float
-) -> str:
-    """Scale ``service`` up by one and back: where the new task went, if not to ``worker``."""
+def one_more_goes_where_fewest(swarm: Cluster, stack: DeployedStack, service: Service, timeout: float) -> str:
+    """Scale ``service`` up by one and back: where the new task went, if not to a node among
+    the eligible ones with the fewest of its tasks (swarm's spread: any of them is right)."""
     with scaled_back(stack, service, timeout) as original:
+        before = spread(swarm, service)
+        fewest = sorted(n for n, count in before.items() if count == min(before.values()))
+        known = {t.id for t in service.running_tasks()}
         scale(stack, service, original + 1, timeout)
-        where = per_node(swarm, service)
-    if where.get(worker) == 1:
+        names = swarm.node_names_by_id()
+        new = [t for t in service.running_tasks() if t.id not in known]
+        landed = sorted({names.get(t.node_id, t.node_id) for t in new})
+    if len(landed) == 1 and landed[0] in fewest:
         return ""
     return (
-        f"{service.name} scaled to {original + 1}: the new task should go to the empty {worker}; "
-        f"tasks per node {dict(where)}"
+        f"{service.name} scaled to {original + 1}: the new task went to {landed or 'no node'}; "
+        f"expected one of the nodes with the fewest of its tasks {fewest} (tasks per node before {before})"
     )
+
+
+def wait_running_on(swarm: Cluster, service: Service, node: str, timeout: float) -> None:
+    def probe() -> Poll[None]:
+        where = per_node(swarm, service.reload())
+        return Poll(where.get(node, 0) == 1, f"tasks per node {dict(where)}")
+
+    wait_for(probe, what=f"{service.name} running on {node}", timeout=timeout, interval=0.5)
+
+
+def wait_whole_without(service: Service, node_id: str, timeout: float) -> None:
+    """Whole again, counting only tasks swarm wants running: a task of a node that left still
+    counts in the service's running tasks until the manager marks it orphaned."""
+
+    def probe() -> Poll[None]:
+        running = service.reload().running_tasks()
+        gone = not [t for t in running if t.node_id == node_id]
+        return Poll(len(running) == service.desired > 0 and gone, f"{len(running)}/{service.desired} running")
+
+    wait_for(probe, what=f"{service.name} whole after its node left", timeout=timeout, interval=0.5)
 
 
 def test_a_new_worker_gets_global_tasks_and_the_next_replicas(
@@ -131,32 +155,24 @@ def test_a_new_worker_gets_global_tasks_and_the_next_replicas(
     before = {s.name: {t.id for t in s.running_tasks()} for s in replicated}
     worker = swarm_provider.add_node()
     worker_id = swarm.node(worker).id
+    node = swarm.node(worker).facts()
     try:
-        for service in (s for s in services if s.mode == "global"):
-            wait_for(
-                lambda service=service: Poll(
-                    per_node(swarm, service.reload()).get(worker, 0) == 1, f"{dict(per_node(swarm, service))}"
-                ),
-                what=f"{service.name} running on {worker}",
-                timeout=swarm_settings.timeout,
-                interval=0.5,
-            )
+        for service in (s for s in services if s.mode == "global" and eligible([node], s.constraints)):
+            wait_running_on(swarm, service, worker, swarm_settings.timeout)
         moved = {
             s.name: sorted(before[s.name] ^ {t.id for t in s.reload().running_tasks()}) for s in replicated
         }
         assert not any(moved.values()), f"replicated tasks changed when {worker} joined: {moved}"
 
-        node = swarm.node(worker).facts()
         growing = [
             s
             for s in replicated
             if not swarm_stack.declared(s.name.removeprefix(f"{swarm_stack.name}_")).get("volumes")
             and eligible([node], s.constraints)
         ]
-        assert growing, f"no stateless replicated service may run on {worker}"
         placed = Together(
             {
-                s.name: partial(one_more_goes_to, swarm, swarm_stack, s, worker, swarm_settings.timeout)
+                s.name: partial(one_more_goes_where_fewest, swarm, swarm_stack, s, swarm_settings.timeout)
                 for s in growing
             },
             name="grow",
@@ -167,18 +183,7 @@ def test_a_new_worker_gets_global_tasks_and_the_next_replicas(
     finally:
         swarm_provider.remove_node(worker)
     for service in services:
-        # Whole again, counting only tasks swarm wants running: a task of the node that left
-        # still counts in the service's running tasks until the manager marks it orphaned.
-        wait_for(
-            lambda service=service: Poll(
-                len(running := service.reload().running_tasks()) == service.desired > 0
-                and not [t for t in running if t.node_id == worker_id],
-                f"{len(service.running_tasks())}/{service.desired} running",
-            ),
-            what=f"{service.name} whole after {worker} left",
-            timeout=swarm_settings.timeout,
-            interval=0.5,
-        )
+        wait_whole_without(service, worker_id, swarm_settings.timeout)
     for service in replicated:
         counts = spread(swarm, service.reload())
         assert max(counts.values()) - min(counts.values()) <= 1, (

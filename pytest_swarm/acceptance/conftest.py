@@ -63,7 +63,7 @@ def _started_early(
     modules = {
         item.module.__name__: item.module
         for item in request.session.items
-        if hasattr(item.module, "start_early")
+        if isinstance(item, pytest.Function) and hasattr(item.module, "start_early")
     }
     started = request.config.stash.setdefault(EARLY, {})
     if modules:

@@ -4,11 +4,12 @@ runs no ui task, and new connections go round the ui tasks evenly (the page name
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import pytest
 
 from pytest_swarm import mesh
 from pytest_swarm.cluster import Cluster
-from pytest_swarm.settings import Settings
 from pytest_swarm.stack import DeployedStack
 
 REQUESTS_PER_REPLICA = 20
@@ -16,9 +17,9 @@ REQUESTS_PER_REPLICA = 20
 
 @pytest.mark.needs_routing_mesh
 def test_every_node_balances_over_every_ui_task(
-    swarm: Cluster, swarm_stack: DeployedStack, swarm_settings: Settings
+    swarm: Cluster, swarm_stack: DeployedStack, swarm_role: Callable[[str], str]
 ) -> None:
-    ui = swarm_settings.lesson_services.get("ui", "ui")
+    ui = swarm_role("ui")
     port = swarm_stack.published_port(ui)
     if port is None:
         pytest.skip(f"{ui} publishes no port")

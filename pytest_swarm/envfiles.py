@@ -1,0 +1,75 @@
+"""Env files as teams name them: ``envs/dev.env``, ``dev.env``, ``.env.dev``, ``.env_DEV`` ...
+
+A pattern is a path relative to the project folder with ``{env}`` where the env's name goes;
+names match without regard to case (``.env_DEV`` is the env ``dev``). The first pattern that
+finds an env wins.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+
+DEFAULT_PATTERNS = ("envs/{env}.env", "{env}.env", ".env.{env}", ".env_{env}", ".env-{env}")
+PLACEHOLDER = "{env}"
+
+
+def check_pattern(pattern: str) -> str:
+    """``pattern`` if it has exactly one ``{env}``, in its file name; else ValueError saying why."""
+    name = pattern.replace("\\", "/").rsplit("/", 1)[-1]
+    if pattern.count(PLACEHOLDER) != 1 or PLACEHOLDER not in name:
+        raise ValueError(f"{pattern!r} needs one {PLACEHOLDER} in its file name, e.g. .env_{PLACEHOLDER}")
+    return pattern
+
+
+def _matcher(pattern: str) -> tuple[str, re.Pattern[str]]:
+    folder, _, name = pattern.replace("\\", "/").rpartition("/")
+    head, _, tail = name.partition(PLACEHOLDER)
+    return folder, re.compile(
+        re.escape(head) + r"(?P<env>[A-Za-z0-9][A-Za-z0-9_.-]*?)" + re.escape(tail), re.I
+    )
+
+
+def find_envs(root: Path, patterns: Sequence[str], exclude: Iterable[Path] = ()) -> dict[str, Path]:
+    """Every env the patterns find under ``root``: env name (lower case) -> file.
+
+    ``exclude``: files that are not envs of their own (e.g. what a service's ``env_file:`` reads).
+    """
+    skipped = {p.resolve() for p in exclude}
+    found: dict[str, Path] = {}
+    for pattern in patterns:
+        folder, matcher = _matcher(pattern)
+        where = root / folder if folder else root
+        if not where.is_dir():
+            continue
+        for path in sorted(where.iterdir()):
+            match = matcher.fullmatch(path.name)
+            if match and path.is_file() and path.resolve() not in skipped:
+                found.setdefault(match.group("env").lower(), path)
+    return found
+
+
+def env_of_file(path: Path, root: Path, patterns: Sequence[str], values: Mapping[str, str]) -> str:
+    """The env name of a file given directly: what a pattern reads from its name, else its ``ENV``
+    value, else its name without dots and ``env`` (``.env`` -> ``env``)."""
+    for env, found in find_envs(root, patterns).items():
+        if found.resolve() == path.resolve():
+            return env
+    if values.get("ENV"):
+        return values["ENV"].lower()
+    return re.sub(r"[^a-z0-9]+", "-", path.name.lower().replace(".env", "")).strip("-") or "env"
+
+
+def describe(found: Mapping[str, Path], root: Path) -> str:
+    """``dev (envs/dev.env), stage (.env_STAGE)`` for error messages."""
+    if not found:
+        return "none"
+    return ", ".join(f"{env} ({_short(path, root)})" for env, path in sorted(found.items()))
+
+
+def _short(path: Path, root: Path) -> str:
+    try:
+        return str(path.relative_to(root))
+    except ValueError:
+        return str(path)
