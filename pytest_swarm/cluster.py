@@ -242,6 +242,13 @@ class Service(_View):
     def running_tasks(self) -> list[Task]:
         return [t for t in self.tasks(desired_state="running") if t.state == "running"]
 
+    def whole(self) -> bool:
+        """Every task swarm wants runs, and no other: running tasks = replicas (global: one per
+        eligible node) = swarm's own running count, which still counts tasks being stopped."""
+        self.reload()
+        wanted = self.replicas if self.replicas is not None else self.desired
+        return len(self.running_tasks()) == wanted == self.running
+
     def last_error(self) -> str:
         """The newest task error or status message of this service, if any."""
         tasks = sorted(self.tasks(), key=lambda t: t.timestamp, reverse=True)

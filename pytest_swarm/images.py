@@ -19,7 +19,7 @@ import subprocess
 import sys
 import tarfile
 import tempfile
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Collection, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,6 +28,7 @@ from typing import Any
 import docker
 import docker.errors
 
+from . import compose
 from .commands import run_docker
 from .errors import ImageBuildError
 
@@ -215,20 +216,24 @@ def build_image(
     context: Path,
     tags: list[str],
     *,
+    dockerfile: str = "Dockerfile",
+    target: str | None = None,
     buildargs: Mapping[str, str] | None = None,
     labels: Mapping[str, str] | None = None,
     what: str = "",
     progress: Progress = _quiet,
 ) -> str:
-    """Build ``context`` (its Dockerfile) under ``tags``; returns the image id.
+    """Build ``context`` (its ``dockerfile``, up to ``target``) under ``tags``; returns the image id.
 
     Raises:
         ImageBuildError: naming ``what`` (e.g. the service) and the build's last lines.
     """
     name = what or context.name
-    if not (context / "Dockerfile").is_file():
-        raise ImageBuildError(f"{name}: no Dockerfile in build context {context}")
-    ensure_base_image(client, progress)
+    recipe = context / dockerfile
+    if not recipe.is_file():
+        raise ImageBuildError(f"{name}: no {dockerfile} in build context {context}")
+    if re.search(rf"^\s*FROM\s+{re.escape(BASE_IMAGE)}\b", recipe.read_text(), re.M | re.I):
+        ensure_base_image(client, progress)
     fetch_wheels(context, progress)
     before = client.images.get(tags[0]).id if image_exists(client, tags[0]) else None
     lines: list[str] = []
@@ -236,6 +241,8 @@ def build_image(
     try:
         stream: Iterator[dict[str, Any]] = client.api.build(
             path=str(context),
+            dockerfile=dockerfile,
+            target=target,
             tag=tags[0],
             buildargs=dict(buildargs or {}),
             labels=dict(labels or {}),
@@ -290,35 +297,67 @@ class ImagePlan:
     standins: dict[str, str] = field(default_factory=dict)  # service -> image
 
 
+def prepare_stack_images(
+    client: docker.DockerClient,
+    model: Mapping[str, Any],
+    build: Mapping[str, Path],
+    offline: Mapping[str, Path],
+    progress: Progress = _quiet,
+) -> ImagePlan:
+    """``prepare_images`` for a rendered stack: its images, its ``build:`` sections, and the
+    update versions of the services that declare an update_config."""
+    services: Mapping[str, Any] = model.get("services") or {}
+    return prepare_images(
+        client,
+        {name: str(spec["image"]) for name, spec in services.items() if spec.get("image")},
+        build,
+        offline,
+        progress,
+        builds=compose.builds(model),
+        updated=[name for name, spec in services.items() if "update_config" in (spec.get("deploy") or {})],
+    )
+
+
 def prepare_images(
     client: docker.DockerClient,
     service_images: Mapping[str, str],
     build: Mapping[str, Path],
     offline: Mapping[str, Path],
     progress: Progress = _quiet,
+    *,
+    builds: Mapping[str, compose.Build] | None = None,
+    updated: Collection[str] = (),
 ) -> ImagePlan:
     """Build, pull or find every image the stack's services use, under the rendered names.
 
-    ``build`` contexts are always built (the build cache makes an unchanged one cheap);
-    ``offline`` contexts only when the image can't be pulled and is not already present.
-    Build args: ``VERSION`` = the image's tag.
+    ``build`` contexts (ini swarm_build) are always built, then ``builds`` (the compose files'
+    ``build:`` sections), like ``docker compose build`` (the build cache makes an unchanged one
+    cheap); ``offline`` contexts only when the image can't be pulled and is not already
+    present. Build args: the compose file's, and ``VERSION`` = the image's tag. The services
+    in ``updated`` also get the versions the update suites deploy (``build_variants``).
 
     Raises:
         ImageBuildError: an image is neither present, buildable nor pullable: names the service.
     """
     plan = ImagePlan()
+    recipes = {
+        **(builds or {}),
+        **{service: compose.Build(context=context) for service, context in build.items()},
+    }
     for service, ref in sorted(service_images.items()):
         tag = ref.rpartition(":")[2] if ":" in ref.rsplit("/", 1)[-1] else "latest"
-        if service in build:
+        recipe = recipes.get(service)
+        if recipe is not None:
             build_image(
                 client,
-                build[service],
+                recipe.context,
                 [ref],
-                buildargs={"VERSION": tag},
+                dockerfile=recipe.dockerfile,
+                target=recipe.target,
+                buildargs={"VERSION": tag, **recipe.args},
                 what=service,
                 progress=progress,
             )
-            plan.refs += build_variants(client, build[service], ref, progress)
         elif image_exists(client, ref) and not _is_standin(client, ref):
             pass
         elif service in offline:
@@ -334,43 +373,75 @@ def prepare_images(
                 )
                 plan.standins[service] = ref
         elif not _pull(client, ref):
+            where = " or fix its build: section" if service in (builds or {}) else ""
             raise ImageBuildError(
                 f"image {ref} of service {service} is not on the local engine and can't be pulled; "
-                f"build it (docker build -t {ref} ...) or name its build context in swarm_build "
-                f"({service}=path/to/context)"
+                f"build it (docker build -t {ref} ...), give it a build: section in the compose file{where}, "
+                f"or name its build context in swarm_build ({service}=path/to/context)"
             )
         plan.refs.append(ref)
+        if service in updated:
+            plan.refs += build_variants(client, recipe, ref, progress)
     return plan
 
 
 VARIANTS = {"next": {}, "broken": {"BROKEN": "1"}}  # suffix -> extra build args
+VARIANT_LABEL = "io.pytest-swarm.variant"
 
 
 def variant_ref(ref: str, variant: str) -> str:
     """``reddit/ui:1.0`` -> ``reddit/ui:1.0-next``: the image a suite updates to."""
-    return f"{ref}-{variant}"
+    base = ref.partition("@")[0]
+    last = base.rsplit("/", 1)[-1]
+    return f"{base}-{variant}" if ":" in last else f"{base}:latest-{variant}"
 
 
 def build_variants(
-    client: docker.DockerClient, context: Path, ref: str, progress: Progress = _quiet
+    client: docker.DockerClient, recipe: compose.Build | None, ref: str, progress: Progress = _quiet
 ) -> list[str]:
-    """Build the update (``-next``) and ``-broken`` versions of ``ref`` when its Dockerfile opts in.
+    """The versions of ``ref`` the update suites deploy: ``-next`` (the same program, another
+    image) and, where its recipe opts in by declaring ``ARG BROKEN``, ``-broken`` (built with
+    ``BROKEN=1``: it runs but fails its own healthcheck, as a bad release does).
 
-    A recipe opts in by declaring ``ARG BROKEN``: then ``BROKEN=1`` builds a version that runs
-    but fails its healthcheck. Both differ from ``ref`` only in their last layers, so they cost
-    little to build and to load on every node, and they exist before any node boots.
+    Without that recipe, ``-next`` is ``ref`` with one more label, and a failing version is
+    made by the suite itself (the update sets a healthcheck that never passes). Both differ
+    from ``ref`` only in their last layers: cheap to build and to load on every node.
     """
-    if not re.search(r"^\s*ARG\s+BROKEN\b", (context / "Dockerfile").read_text(), re.M):
-        return []
+    recipe_text = (recipe.context / recipe.dockerfile).read_text() if recipe is not None else ""
+    if recipe is None or not re.search(r"^\s*ARG\s+BROKEN\b", recipe_text, re.M):
+        target = variant_ref(ref, "next")
+        _derive(client, ref, target, progress)
+        return [target]
     refs = []
     for variant, extra in VARIANTS.items():
         target = variant_ref(ref, variant)
         version = target.rpartition(":")[2]
         build_image(
-            client, context, [target], buildargs={"VERSION": version, **extra}, what=target, progress=progress
+            client,
+            recipe.context,
+            [target],
+            dockerfile=recipe.dockerfile,
+            target=recipe.target,
+            buildargs={"VERSION": version, **recipe.args, **extra},
+            what=target,
+            progress=progress,
         )
         refs.append(target)
     return refs
+
+
+def _derive(client: docker.DockerClient, ref: str, target: str, progress: Progress) -> None:
+    """``target``: ``ref`` with a label of its own (a new image id; nothing else changes)."""
+    recipe = f"FROM {ref}\nLABEL {VARIANT_LABEL}={target.rpartition('-')[2]}\n".encode()
+    before = client.images.get(target).id if image_exists(client, target) else None
+    try:
+        for chunk in client.api.build(fileobj=io.BytesIO(recipe), tag=target, rm=True, decode=True):
+            if "error" in chunk:
+                raise ImageBuildError(f"making {target} from {ref} failed: {chunk['error'].strip()}")
+    except docker.errors.APIError as exc:
+        raise ImageBuildError(f"making {target} from {ref} failed: {exc}") from exc
+    if client.images.get(target).id != before:
+        progress(f"made {target} from {ref}")
 
 
 def _is_standin(client: docker.DockerClient, ref: str) -> bool:

@@ -15,18 +15,21 @@ import pytest
 
 from .cluster import Cluster, Node
 from .errors import ConvergenceTimeout, ProvisioningError, StackError, SwarmError
-from .images import prepare_images
+from .images import prepare_stack_images
 from .ownership import Session, forget_kept, read_kept, write_kept
+from .placement import missing_labels
 from .providers.base import Provider
 from .providers.dind import DindProvider, local_engine, remove_session
 from .providers.dind import sweep as sweep_dind
 from .requirements import Profile, load_profile
 from .roles import find_roles
 from .settings import Settings
-from .stack import DeployedStack, StackSource, deploy, render, service_images
+from .stack import DeployedStack, StackSource, deploy, render
 from .timing import Timing
 
 Progress = Callable[[str], None]
+# Providers whose nodes this run makes, engine labels included (swarm_engine_labels).
+LOCAL_NODES = ("dind", "uml")
 LIFECYCLE = pytest.StashKey["SwarmLifecycle"]()
 
 
@@ -127,9 +130,9 @@ class SwarmLifecycle:
         them baked in (loading into a running UML node is slow)."""
         if self.settings.env is None:
             return []
-        plan = prepare_images(
+        plan = prepare_stack_images(
             self.local,
-            service_images(self.declared_model()),
+            self.declared_model(),
             self.settings.build,
             self.settings.offline_images,
             self.progress,
@@ -223,6 +226,46 @@ class SwarmLifecycle:
                 raise StackError("no --swarm-env given: there is no stack to test")
             self._model = render(self.source(self.settings.env))
         return self._model
+
+    def check_labels(self) -> None:
+        """Name, before anything is deployed, each constraint on a label that no node of the
+        cluster to come carries (the labels are this run's to give: swarm_node_labels, and for
+        the local providers swarm_engine_labels): no task of that service could ever start.
+
+        Raises:
+            StackError: naming each service, constraint and the ini line that sets the label.
+        """
+        # an attached swarm's labels are its own: what it lacks is a finding of the checks
+        kinds = [] if self.settings.provider == "attach" else ["node"]
+        if self.settings.provider in LOCAL_NODES:
+            kinds.append("engine")
+        services = {
+            name: (spec.get("deploy") or {}).get("placement", {}).get("constraints") or []
+            for name, spec in (self.declared_model().get("services") or {}).items()
+        }
+        missing = missing_labels(services, self.settings.planned_nodes(), kinds)
+        if not missing:
+            return
+        lines = []
+        for service, constraint in missing:
+            kind = "node" if constraint.key.lower().startswith("node.") else "engine"
+            label = constraint.key.split(".", 2)[2]
+            where = "*" if kind == "engine" else "master-1"
+            lines.append(
+                f"  {service}: {constraint} -> swarm_{kind}_labels = {where}:{label}={constraint.value}"
+            )
+        raise StackError(
+            f"no node of this {self.settings.provider} cluster carries the labels these placement "
+            "constraints ask for, so their tasks could never start. The target cluster's nodes carry "
+            "them (e.g. docker-machine's google driver sets the engine label provider=google); give "
+            "the nodes here the same labels in the ini file (or SWARM_NODE_LABELS / SWARM_ENGINE_LABELS):\n"
+            + "\n".join(lines)
+        )
+
+    def note(self, line: str) -> None:
+        """A line for the terminal summary and the report's notes (each said once)."""
+        if line not in self.summary:
+            self.summary.append(line)
 
     def requirement_titles(self) -> list[tuple[str, str]]:
         """(id, title) of each requirement of the profile (none without one)."""

@@ -89,3 +89,23 @@ def satisfies(node: NodeFacts, constraints: Iterable[str]) -> list[str]:
 def eligible(nodes: Iterable[NodeFacts], constraints: Iterable[str]) -> list[NodeFacts]:
     rules = list(constraints)
     return [n for n in nodes if not satisfies(n, rules)]
+
+
+def missing_labels(
+    services: Mapping[str, Iterable[str]], nodes: Iterable[NodeFacts], kinds: Iterable[str]
+) -> list[tuple[str, Constraint]]:
+    """(service, constraint) for each ``==`` constraint on a label (of ``kinds``: ``node``,
+    ``engine``) that no node carries: no node can ever take that service's tasks."""
+    nodes = list(nodes)
+    found = []
+    for service, constraints in sorted(services.items()):
+        for text in constraints:
+            constraint = Constraint.parse(text)
+            key = constraint.key.lower()
+            for kind in kinds:
+                prefix = f"{kind}.labels."
+                label = constraint.key[len(prefix) :]
+                labels = [(n.labels if kind == "node" else n.engine_labels) or {} for n in nodes]
+                if key.startswith(prefix) and constraint.op == "==" and not any(label in ls for ls in labels):
+                    found.append((service, constraint))
+    return found

@@ -121,6 +121,7 @@ def pytest_sessionstart(session: pytest.Session) -> None:
         return
     try:
         lifecycle.declared_model()
+        lifecycle.check_labels()
     except SwarmError as exc:
         raise pytest.UsageError(f"swarm: {exc}") from exc
 

@@ -392,7 +392,7 @@ def deploy(
     model = render(source)
     name = source.name()
     check_ports_free(cluster, name, model, source.env_file)
-    plan = images.prepare_images(local, service_images(model), build, offline, progress)
+    plan = images.prepare_stack_images(local, model, build, offline, progress)
     networks = network_join.networks_needing_joins(cluster, name, model) if join_networks_first else []
     if not images.image_exists(local, network_join.IMAGE):
         networks = []  # nothing to join them with (it is the base of every image built here)

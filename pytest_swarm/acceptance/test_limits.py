@@ -9,6 +9,7 @@ import pytest
 
 from pytest_swarm import declared
 from pytest_swarm.cluster import Task
+from pytest_swarm.settings import Settings
 from pytest_swarm.stack import DeployedStack
 from pytest_swarm.waiting import Poll, wait_for
 
@@ -67,7 +68,10 @@ def test_limits_are_enforced_by_the_node(
 
 
 def test_allocating_past_the_memory_limit_is_oom_killed(
-    swarm_stack: DeployedStack, swarm_task_exec: Callable[[Task, str], Any], limited_service: str
+    swarm_stack: DeployedStack,
+    swarm_task_exec: Callable[[Task, str], Any],
+    swarm_settings: Settings,
+    limited_service: str,
 ) -> None:
     """A process in the task container holding more than the limit is killed by the kernel (137)."""
     want = declared.limits(swarm_stack.declared(limited_service))
@@ -84,11 +88,8 @@ def test_allocating_past_the_memory_limit_is_oom_killed(
     # The kernel may also have picked the app; the service must be whole again for the next test.
     service = swarm_stack.service(limited_service)
     wait_for(
-        lambda: Poll(
-            service.reload() is not None and len(service.running_tasks()) == service.replicas,
-            f"{len(service.running_tasks())}/{service.replicas} running",
-        ),
+        lambda: Poll(service.whole(), f"{service.running}/{service.desired} running"),
         what=f"{limited_service} whole again",
-        timeout=60,
+        timeout=swarm_settings.timeout,  # the kernel may have killed the app: a restart, a convergence
         interval=0.5,
     )

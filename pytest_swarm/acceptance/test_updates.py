@@ -1,7 +1,9 @@
 """Rolling updates and rollback, as update_config declares them.
 
-The update goes to the ``-next`` version of the service's image and the failing one to its
-``-broken`` version (same code, a healthcheck that fails), both built before the cluster started.
+The update goes to the ``-next`` version of the service's image (another image of the same
+program, built before the cluster started). The failing version is the ``-broken`` one where the
+service's recipe makes one (same code, a healthcheck that fails); else it is ``-next`` with a
+healthcheck, set by the update, that never passes.
 
 Everything runs at the same time (pytest_swarm.together): each service's rolling update to
 ``-next`` on the stack's own service (sending requests through its published port meanwhile,
@@ -37,6 +39,7 @@ from pytest_swarm import declared, mesh
 from pytest_swarm.capabilities import FEATURES
 from pytest_swarm.cluster import Cluster, Service, seconds
 from pytest_swarm.commands import run_docker
+from pytest_swarm.errors import ConvergenceTimeout
 from pytest_swarm.evidence import DEPLOYED
 from pytest_swarm.images import variant_ref
 from pytest_swarm.lifecycle import SwarmLifecycle, lifecycle_of
@@ -52,6 +55,12 @@ TRAFFIC = "test_the_published_port_keeps_answering_during_an_update"
 FAIL = "test_a_failing_version_is_rolled_back_or_paused"
 # Every task replaced at once, start-first: how a restore gets the original image back fast.
 FAST = {"Parallelism": 0, "Delay": 0, "FailurePolicy": "pause", "Monitor": 1_000_000, "Order": "start-first"}
+# A healthcheck that never passes, for an image whose recipe makes no -broken version: `exit 1`
+# where the image has a shell, a failed exec where it has none; unhealthy at the first check.
+FAILING_HEALTH = declared.Healthcheck(interval=2.0, start_period=0.0, retries=1)
+FAILING_HEALTH_FLAGS = ["--health-cmd", "exit 1", "--health-interval", "2s", "--health-timeout", "2s"]
+FAILING_HEALTH_FLAGS += ["--health-retries", "1", "--health-start-period", "0s"]
+MUTABLE_TAGS = ("", "latest")
 
 Wait = tuple[float, str]
 # The updates' timings are what they check: they start once the work the other suites started
@@ -65,6 +74,7 @@ class Rolled:
 
     original: str
     target: str
+    tasks: int  # the service's tasks when the update started
     state: str
     log: TaskLog
     answers: list[mesh.Answer] | None  # requests through the published port, when sent
@@ -80,9 +90,10 @@ class Failed:
     broken: str
     expected: str
     state: str
-    images: list[str]  # the running tasks' images once the update ended
+    images: list[str]  # the running tasks' images once the update ended (and a rollback restored them)
     deadline: float
     waits: list[Wait]
+    how: str  # how the version fails: its own healthcheck, or one the update set
 
 
 class Updates:
@@ -150,7 +161,8 @@ class Updates:
         config = declared.update_config(spec)
         target = variant_or_skip(self.swarm, service, "next")
         original = service.image
-        deadline = update_deadline(spec, config, self.health(service, spec))
+        tasks = len(service.running_tasks())
+        deadline = update_deadline(tasks, config, self.health(service, spec))
         log = TaskLog(service)
         answers: list[mesh.Answer] | None = [] if traffic else None
         port = self.stack.published_port(name_in_stack(self.stack, service))
@@ -162,8 +174,8 @@ class Updates:
                 state = wait_update(service, deadline, self.together.sleep)
         finally:
             self.restore(service, before, deadline)
-        waits = declared_update_waits(spec, config, self.health(service, spec))
-        return Rolled(original, target, state, log, answers, waits)
+        waits = declared_update_waits(tasks, config, self.health(service, spec))
+        return Rolled(original, target, tasks, state, log, answers, waits)
 
     def probe_until_done(
         self, service: Service, port: int, deadline: float, answers: list[mesh.Answer]
@@ -179,7 +191,7 @@ class Updates:
         if declared.update_config(self.stack.declared(name)).failure_action == "continue":
             return f"{name} declares failure_action continue: a failing version is kept"
         # the declared image: the service's own may be on its -next version by now
-        return missing_variant(self.swarm, name, self.stack.declared(name)["image"], "broken")
+        return missing_variant(self.swarm, name, self.stack.declared(name)["image"], "next")
 
     def copies_stack(self) -> DeployedStack:
         """The stack of copies, one service for each failing version checked, converged; the
@@ -212,17 +224,26 @@ class Updates:
             pytest.skip(why_not)
         stack = self.copies_stack()
         service = stack.service(name)
-        broken = variant_ref(service.image, "broken")
+        original = service.image
+        tasks = len(service.running_tasks())
         health = self.health(service, spec)
-        deadline = update_deadline(spec, config, health)
+        broken, flags, failing = variant_ref(original, "broken"), [], health
+        how = "its own healthcheck fails"
+        if missing_variant(self.swarm, name, original, "broken"):
+            broken, flags, failing = variant_ref(original, "next"), FAILING_HEALTH_FLAGS, FAILING_HEALTH
+            how = "the update sets a healthcheck that never passes"
+        deadline = update_deadline(tasks, config, failing)
         expected = "rollback_completed" if config.failure_action == "rollback" else "paused"
-        update_image(stack, service, broken)
+        update_image(stack, service, broken, flags)
         state = wait_update(service, deadline, self.together.sleep)
+        if state == "rollback_completed":  # swarm says so as the restored tasks start
+            restored_within = START_ALLOWANCE + (health.interval if health else 0.0)
+            wait_restored(service, original, restored_within, self.together.sleep)
         images = sorted({t.image.split("@")[0] for t in service.running_tasks()})
-        waits = failure_waits(spec, config, health)
+        waits = failure_waits(config, failing, health, declared.update_config(spec, "rollback_config"))
         if health:  # the copy's tasks, before they count as started
             waits.append((health.interval, f"the copy's first healthcheck {health.interval:g} s"))
-        return Failed(stack, service.image, broken, expected, state, images, deadline, waits)
+        return Failed(stack, original, broken, expected, state, images, deadline, waits, how)
 
     def restore(self, service: Service, before: dict[str, Any], timeout: float) -> None:
         """Back to the spec ``before`` with every task on its image, whatever the update left."""
@@ -234,9 +255,9 @@ class Updates:
             service.replace_spec(fast)
         wait_for(
             lambda: Poll(
-                service.reload().update_state not in ("updating", "rollback_started")
-                and {t.image for t in service.running_tasks()} == {image}
-                and len(service.running_tasks()) == service.replicas == service.running,  # none stopping
+                service.whole()  # none still stopping
+                and service.update_state not in ("updating", "rollback_started")
+                and {t.image for t in service.running_tasks()} == {image},
                 f"{service.update_state}, images {sorted({t.image for t in service.running_tasks()})}",
             ),
             what=f"{service.name} restored to {image}",
@@ -278,27 +299,39 @@ def variant_or_skip(swarm: Cluster, service: Service, variant: str) -> str:
     return variant_ref(service.image, variant)
 
 
-def batch_count(spec: dict[str, Any], config: declared.UpdateConfig) -> int:
-    replicas = declared.replicas(spec) or 1
-    return math.ceil(replicas / config.parallelism) if config.parallelism > 0 else 1
+def batch_count(tasks: int, config: declared.UpdateConfig) -> int:
+    """Batches an update of ``tasks`` tasks takes (a global service: one task per node)."""
+    return math.ceil(max(tasks, 1) / config.parallelism) if config.parallelism > 0 else 1
 
 
-def update_deadline(
-    spec: dict[str, Any], config: declared.UpdateConfig, health: declared.Healthcheck | None
-) -> float:
+def update_deadline(tasks: int, config: declared.UpdateConfig, health: declared.Healthcheck | None) -> float:
     """How long the declared update may take: every batch's start, delay and monitor, with margin."""
     first_check = health.interval if health else 0.0
     unhealthy = health.seconds_to_unhealthy() if health else 0.0
     per_batch = START_ALLOWANCE + first_check + config.delay
-    return batch_count(spec, config) * per_batch + max(config.monitor, unhealthy) + 60
+    return batch_count(tasks, config) * per_batch + max(config.monitor, unhealthy) + 60
 
 
-def update_image(stack: DeployedStack, service: Service, image: str) -> None:
+def update_image(stack: DeployedStack, service: Service, image: str, flags: list[str] | None = None) -> None:
     run_docker(
-        ["service", "update", "--detach", "--image", image, service.name],
+        ["service", "update", "--detach", "--image", image, *(flags or []), service.name],
         host=stack.cluster.manager_url,
         timeout=60,
     )
+
+
+def wait_restored(service: Service, image: str, timeout: float, sleep: Callable[[float], None]) -> None:
+    """Until every task of ``service`` runs ``image`` again (a rollback's tasks are still starting
+    when swarm reports it completed); the caller judges what it then sees."""
+
+    def probe() -> Poll[None]:
+        images = sorted({t.image.split("@")[0] for t in service.running_tasks()})
+        return Poll(service.whole() and images == [image], f"running {service.running}, images {images}")
+
+    try:
+        wait_for(probe, what=f"{service.name} restored", timeout=timeout, interval=0.5, sleep=sleep)
+    except ConvergenceTimeout:
+        pass  # the test names what ran instead
 
 
 def wait_update(service: Service, deadline: float, sleep: Callable[[float], None]) -> str:
@@ -311,11 +344,11 @@ def wait_update(service: Service, deadline: float, sleep: Callable[[float], None
 
 
 def declared_update_waits(
-    spec: dict[str, Any], config: declared.UpdateConfig, health: declared.Healthcheck | None
+    tasks: int, config: declared.UpdateConfig, health: declared.Healthcheck | None
 ) -> list[Wait]:
     """The waits a rolling update (and its restore) spends by declaration: the delay between
     batches, the monitor after the last, and each batch's first healthcheck (restore: one batch)."""
-    count = batch_count(spec, config)
+    count = batch_count(tasks, config)
     waits = [(config.delay * (count - 1), f"update delay {config.delay:g} s x {count - 1}")]
     waits.append((config.monitor, f"monitor {config.monitor:g} s"))
     if health:
@@ -325,17 +358,21 @@ def declared_update_waits(
 
 
 def failure_waits(
-    spec: dict[str, Any], config: declared.UpdateConfig, health: declared.Healthcheck | None
+    config: declared.UpdateConfig,
+    failing: declared.Healthcheck | None,
+    health: declared.Healthcheck | None,
+    rollback: declared.UpdateConfig | None = None,
 ) -> list[Wait]:
-    """A failing version is found out when its healthcheck gives up; a rollback then runs under
-    rollback_config, whose monitor it waits out; the restored tasks wait their first check."""
-    if health is None:
+    """A failing version is found out when its (``failing``) healthcheck gives up; a rollback then
+    runs under rollback_config, whose monitor it waits out; the restored tasks wait their first
+    check (``health``: the service's own)."""
+    if failing is None:
         return []
-    rollback = declared.update_config(spec, "rollback_config")
-    waits = [(health.seconds_to_unhealthy(), "healthcheck: start period, then retries x interval")]
+    rollback = rollback or config
+    waits = [(failing.seconds_to_unhealthy(), "healthcheck: start period, then retries x interval")]
     if config.failure_action == "rollback":
         waits.append((rollback.monitor, f"rollback monitor {rollback.monitor:g} s"))
-        if config.order == "stop-first":
+        if config.order == "stop-first" and health is not None:
             waits.append((health.interval, f"first healthcheck {health.interval:g} s of the restored task"))
     return waits
 
@@ -401,8 +438,9 @@ def test_rolling_update_follows_update_config(
     log = rolled.log
     new = {t: v for t, v in log.running.items() if v[2].split("@")[0] == rolled.target}
     old = {t: v for t, v in log.running.items() if v[2].split("@")[0] == rolled.original}
-    replicas = declared.replicas(updates.stack.declared(updated_service)) or 1
-    assert len(new) == replicas, f"{updated_service}: {len(new)} tasks on {rolled.target}"
+    assert len(new) == rolled.tasks, (
+        f"{updated_service}: {len(new)} of {rolled.tasks} tasks on {rolled.target}"
+    )
     starts = sorted(v[0] for v in new.values())
     crowded = config.crowded(starts)
     assert not crowded, (
@@ -438,13 +476,19 @@ def test_a_failing_version_is_rolled_back_or_paused(
     request.node.stash.setdefault(DEPLOYED, []).append(failed.stack)  # its evidence on failure
     assert failed.state == failed.expected, (
         f"{updated_service}: declared failure_action {config.failure_action}; an update to {failed.broken} "
-        f"(failing healthcheck) ended {failed.state!r}, expected {failed.expected!r} "
-        f"within {failed.deadline:g} s"
+        f"({failed.how}) ended {failed.state!r}, expected {failed.expected!r} within {failed.deadline:g} s"
     )
     if failed.expected == "rollback_completed":
         assert failed.images == [failed.original], (
-            f"{updated_service}: after rollback tasks run {failed.images}"
+            f"{updated_service}: after rollback tasks run {failed.images}, expected {failed.original}"
         )
+        tag = failed.original.rsplit("/", 1)[-1].partition(":")[2]
+        if tag in MUTABLE_TAGS:
+            lifecycle_of(request.config).note(
+                f"{updated_service}: the rollback check proves swarm puts back the tag {failed.original}; "
+                "that tag is mutable: once it is pushed again, a rollback puts back whatever it names "
+                "then, not the version that worked (release with version tags)"
+            )
 
 
 @pytest.mark.needs_routing_mesh

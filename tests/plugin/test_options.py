@@ -20,7 +20,8 @@ def test_header_shows_the_effective_settings(project: pytest.Pytester) -> None:
     result = project.runpytest("--swarm-env=dev", "--swarm-timeout=45")
     result.stdout.fnmatch_lines(
         [
-            "swarm: provider=dind env=dev workers=3 keep=never reuse=no timeout=45s stacks=docker-compose.yml",
+            "swarm: provider=dind env=dev workers=3 keep=never reuse=no timeout=45s "
+            "stacks=docker-compose.yml",
             "swarm settings from: env=cli, timeout=cli, workers=ini",
         ]
     )
@@ -92,7 +93,9 @@ def test_swarm_stack_without_env_says_what_to_do(project: pytest.Pytester) -> No
     )
     project.makepyfile("def test_stack(swarm_stack): pass")
     result = project.runpytest()
-    result.stdout.fnmatch_lines(["*swarm_stack needs --swarm-env NAME (envs found: dev (envs/dev.env), stage (envs/stage.env))*"])
+    result.stdout.fnmatch_lines(
+        ["*swarm_stack needs --swarm-env NAME (envs found: dev (envs/dev.env), stage (envs/stage.env))*"]
+    )
     assert result.ret == pytest.ExitCode.TESTS_FAILED
 
 

@@ -35,7 +35,8 @@ def test_requirement(rid):
         pytest.skip("only one env file")
     assert rid.startswith("L01"), (
         f"{{rid[:3]}} app services run only on workers:\\n"
-        "  ui: placement constraints none let it run on ['master-1']; required: only where node.role == worker"
+        "  ui: placement constraints none let it run on ['master-1']; "
+        "required: only where node.role == worker"
     )
 
 def test_leaks_secrets(record_property):
@@ -82,7 +83,8 @@ def test_report_has_verdict_settings_requirement_lines_and_one_line_per_check(
     assert "| L01 mongo runs only on the reliability=high node | pass |  |" in lines
     assert (
         "| L02 app services run only on workers | FAIL | L02 app services run only on workers: "
-        "ui: placement constraints none let it run on ['master-1']; required: only where node.role == worker |"
+        "ui: placement constraints none let it run on ['master-1']; "
+        "required: only where node.role == worker |"
     ) in lines
     assert "| L03 app services run at least 3 replicas | not run |  |" in lines
     assert "| L17 ui shows the env it runs in (ENV from the env file) | skip | only one env file |" in lines

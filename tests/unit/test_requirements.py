@@ -121,7 +121,8 @@ def test_the_lesson_stack_meets_every_requirement() -> None:
         (
             ("ui", "deploy", "placement", "constraints", []),
             "L02",
-            "ui: placement constraints none let it run on ['master-1']; required: only where node.role == worker",
+            "ui: placement constraints none let it run on ['master-1']; "
+            "required: only where node.role == worker",
         ),
         (("ui", "deploy", "replicas", 2), "L03", "ui: replicas 2, required >= 3"),
         (("node-exporter", "deploy", {}), "L04", "node-exporter: mode replicated, required global"),
@@ -161,7 +162,8 @@ def test_the_lesson_stack_meets_every_requirement() -> None:
         (
             ("mongo", "networks", {"back_net": {"aliases": ["comment_db"]}}),
             "L13",
-            "post: reaches mongo as post_db (default), but no service of mongo is named or aliased 'post_db' there",
+            "post: reaches mongo as post_db (default), "
+            "but no service of mongo is named or aliased 'post_db' there",
         ),
         (
             ("post", "networks", {"front_net": None}),
@@ -301,7 +303,8 @@ requirements:
     assert problems == {
         "R1": [
             "web: replicas 5, required 2..4",
-            "web: placement constraints none let it run on ['master-1']; required: only where node.role == worker",
+            "web: placement constraints none let it run on ['master-1']; "
+            "required: only where node.role == worker",
         ],
         "R2": ["web: limits memory 1G, required <= 512M"],
     }

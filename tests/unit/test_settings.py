@@ -91,7 +91,7 @@ def test_env_file_pattern_from_ini_and_env_file_given(tmp_path: Path) -> None:
     (tmp_path / "config" / "reddit-prod.vars").write_text("ENV=PROD\n")
     s = resolve({"env": "prod"}, {}, {"env_files": ["config/reddit-{env}.vars"]}, tmp_path)
     assert s.env_file == tmp_path / "config/reddit-prod.vars"
-    with pytest.raises(SettingsError, match="swarm_env_files: 'config/x.vars' needs one {env}"):
+    with pytest.raises(SettingsError, match=r"swarm_env_files: 'config/x.vars' needs one \{env\}"):
         resolve({}, {}, {"env_files": ["config/x.vars"]}, tmp_path)
     (tmp_path / ".env").write_text("ENV=QA\n")
     s = resolve({"env_file": ".env"}, {}, {}, tmp_path)
@@ -132,7 +132,8 @@ def test_side_by_side_defaults_to_every_other_env(root: Path) -> None:
     (root / ".env_PROD").write_text("ENV=PROD\n")
     assert resolve({"env": "dev", "side_by_side": "PROD", **STACKS}, {}, {}, root).side_by_side == ("prod",)
     with pytest.raises(
-        SettingsError, match=r"no env file for qa; envs found: dev \(envs/dev.env\), prod \(.env_PROD\), stage"
+        SettingsError,
+        match=r"no env file for qa; envs found: dev \(envs/dev.env\), prod \(.env_PROD\), stage",
     ):
         resolve({"env": "dev", "side_by_side": "qa", **STACKS}, {}, {}, root)
 
