@@ -9,6 +9,7 @@ copies of a service) would point nowhere: ``absolute_paths`` fixes that.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -87,6 +88,18 @@ def host_port(port: Any) -> str | None:
     text = str(port).split("/", 1)[0]
     parts = text.rsplit(":", 2)
     return parts[-2] if len(parts) >= 2 and parts[-2] else None
+
+
+_REFERENCE = re.compile(r"\$\{?([A-Za-z_][A-Za-z0-9_]*)")
+
+
+def published_port_variables(files: Sequence[Path]) -> set[str]:
+    """The variables the files take published host ports from (``"${UI_PORT}:9292"``)."""
+    found = set()
+    for spec in raw_services(files).values():
+        for port in spec.get("ports") or []:
+            found |= set(_REFERENCE.findall(host_port(port) or ""))
+    return found
 
 
 def base_dir(files: Sequence[Path]) -> Path:

@@ -9,13 +9,15 @@ the other suites run meanwhile (they check only the main stack's services).
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import json
+from collections.abc import Mapping, Sequence
 from dataclasses import replace
 from functools import partial
 from pathlib import Path
 
+from . import compose
 from .lifecycle import SwarmLifecycle
-from .stack import DeployedStack, StackSource
+from .stack import DeployedStack, StackSource, load_env
 from .together import Together, remove_all
 
 
@@ -26,24 +28,28 @@ def side_by_side_sources(
     ports, to remove."""
     sources = {env: lifecycle.source(env) for env in lifecycle.settings.side_by_side}
     if sources and extra:
-        env_file = shifted_env(main.env_file, folder, "EXTRA", 100)
+        env_file = shifted_env(main.env_file, folder, "EXTRA", 100, main.compose_files)
         sources["EXTRA"] = replace(main, env="EXTRA", env_file=env_file)
     return sources
 
 
-def shifted_env(source: Path, tmp_path: Path, name: str, shift: int) -> Path:
-    """A copy of ``source`` named ``name``, its *_PORT values moved by ``shift``."""
-    lines = []
-    for line in source.read_text().splitlines():
-        key, eq, value = line.partition("=")
-        if eq and key.endswith("_PORT") and value.isdigit():
-            value = str(int(value) + shift)
-        elif eq and key == "ENV":
-            value = name
-        lines.append(f"{key}{eq}{value}" if eq else line)
-    target = tmp_path / f"{name.lower()}.env"
-    target.write_text("\n".join(lines) + "\n")
+def shifted_env(source: Path, folder: Path, name: str, shift: int, compose_files: Sequence[Path]) -> Path:
+    """A copy of the env file ``source`` whose stack is ``name`` (its ``ENV``), with every
+    variable the compose files publish a host port from moved by ``shift``."""
+    values = load_env(source)
+    for variable in compose.published_port_variables(compose_files):
+        if values.get(variable, "").isdigit():
+            values[variable] = str(int(values[variable]) + shift)
+    values["ENV"] = name
+    target = folder / f"{name.lower()}.env"
+    target.write_text("".join(f"{key}={_quoted(value)}\n" for key, value in values.items()))
     return target
+
+
+def _quoted(value: str) -> str:
+    """A value as an env file holds it literally: single quotes (no escapes, no ``$``
+    expansion), double quotes for one that holds a single quote."""
+    return f"'{value}'" if "'" not in value else json.dumps(value, ensure_ascii=False)
 
 
 class SideBySide:

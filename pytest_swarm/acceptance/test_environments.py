@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -141,9 +142,8 @@ def test_a_port_clash_is_named_before_deploying(
 ) -> None:
     lifecycle = lifecycle_of(request.config)
     main = environments[0]
-    clashing = shifted_env(main.source.env_file, tmp_path, "CLASH", 0)
-    source = lifecycle.source("clash")
-    source = type(source)(env="clash", env_file=clashing, compose_files=source.compose_files)
+    clashing = shifted_env(main.source.env_file, tmp_path, "CLASH", 0, main.source.compose_files)
+    source = replace(main.source, env="clash", env_file=clashing, stack_name=None)
     with pytest.raises(StackError) as info:
         lifecycle.deploy(source)
     port = main.published_port("ui")
