@@ -110,6 +110,7 @@ class Declared:
         model: the rendered stack (``docker stack config``).
         raw: each service as written (compose.raw_services), variables unexpanded.
         env_file: the env file it was rendered with.
+        base: where docker resolves the stack's relative paths (the first compose file's folder).
         roles: role -> services playing it.
         nodes: the cluster the stack is meant for (names, roles, labels), for placement.
         other_envs: env -> the rendered model of another env file of the project.
@@ -118,6 +119,7 @@ class Declared:
     model: Mapping[str, Any]
     raw: Mapping[str, Mapping[str, Any]]
     env_file: Path
+    base: Path
     roles: Mapping[str, Sequence[str]]
     nodes: Sequence[NodeFacts]
     other_envs: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
@@ -390,7 +392,6 @@ def _environment_from_env_file(name: str, stack: Declared, variables: list[str])
     raw = stack.raw.get(name) or {}
     written = raw.get("environment") or {}
     rendered = stack.spec(name).get("environment") or {}
-    base = Path(str(stack.env_file)).parent
     for variable in variables:
         if variable in written:
             value = written[variable]
@@ -407,7 +408,7 @@ def _environment_from_env_file(name: str, stack: Declared, variables: list[str])
             continue
         files = [str(f.get("path") if isinstance(f, Mapping) else f) for f in raw.get("env_file") or []]
         own = stack.env_file.resolve()
-        if not any(compose.uses_variable(f) or (base / f).resolve() == own for f in files):
+        if not any(compose.uses_variable(f) or (stack.base / f).resolve() == own for f in files):
             problems.append(
                 f"{name}: {variable}={rendered[variable]!r} comes from env_file {files}, the same for every "
                 f"env; required from the env file ({variable}: ${{{variable}}})"
@@ -544,6 +545,7 @@ class Profile:
             model=model,
             raw=compose.raw_services(compose_files),
             env_file=env_file,
+            base=compose.base_dir(compose_files),
             roles=find_roles(model, self.roles, given_roles),
             nodes=nodes,
             other_envs=other_envs or {},

@@ -155,12 +155,15 @@ def _refused_by(source: StackSource, values: Mapping[str, str], error: CommandEr
     return f"{source.compose_files[0]}: {reason}"
 
 
-def published_ports(model: Mapping[str, Any]) -> dict[int, str]:
-    """Published port -> service, from a rendered model."""
+def published_ports(model: Mapping[str, Any], ingress_only: bool = False) -> dict[int, str]:
+    """Published port -> service, from a rendered model; ``ingress_only``: the ports of the
+    routing mesh (every node answers), not those of ``mode: host`` (only a task's node does)."""
     ports: dict[int, str] = {}
     for service, spec in (model.get("services") or {}).items():
         for port in spec.get("ports") or []:
-            if isinstance(port, Mapping) and port.get("published") is not None:
+            if not isinstance(port, Mapping) or port.get("published") is None:
+                continue
+            if not ingress_only or port.get("mode", "ingress") == "ingress":
                 ports[int(port["published"])] = service
     return ports
 
@@ -252,7 +255,8 @@ class DeployedStack:
         return self.cluster.service(self.full_name(service))
 
     def published_port(self, service: str) -> int | None:
-        for port, owner in published_ports(self.model).items():
+        """The service's first port on the routing mesh (None when it publishes none there)."""
+        for port, owner in published_ports(self.model, ingress_only=True).items():
             if owner == service:
                 return port
         return None

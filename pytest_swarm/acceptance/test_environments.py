@@ -9,7 +9,7 @@ same time, from the session's start when one of these tests is selected
 from __future__ import annotations
 
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import replace
 from pathlib import Path
 
@@ -20,7 +20,7 @@ from pytest_swarm.cluster import STACK_LABEL, Cluster
 from pytest_swarm.errors import StackError
 from pytest_swarm.lifecycle import lifecycle_of
 from pytest_swarm.side_by_side import SideBySide, shifted_env, side_by_side_sources
-from pytest_swarm.stack import DeployedStack
+from pytest_swarm.stack import DeployedStack, port_clashes, published_ports
 from pytest_swarm.together import take_early
 
 
@@ -32,7 +32,7 @@ def side_by_side(
     session's start when acceptance/conftest.py started them); all removed after this module."""
     deploying = take_early(request) or start_early(request, swarm_stack, tmp_path_factory.mktemp("extra"))
     if deploying is None:
-        pytest.skip("no other env to deploy side by side (--swarm-side-by-side, envs/*.env)")
+        pytest.skip("no other env to deploy side by side (env files: swarm_env_files; --swarm-side-by-side)")
     try:
         yield deploying.stacks()
     finally:
@@ -94,23 +94,20 @@ def test_networks_and_volumes_are_separate(environments: list[DeployedStack]) ->
 
 
 def test_published_ports_are_distinct(environments: list[DeployedStack]) -> None:
-    owners: dict[int, str] = {}
-    for stack in environments:
-        for service in stack.declared_services:
-            port = stack.published_port(service)
-            if port is not None:
-                assert port not in owners, f"port {port}: {owners[port]} and {stack.name} {service}"
-                owners[port] = f"{stack.name} {service}"
+    clashes = port_clashes({stack.name: stack.model for stack in environments})
+    assert not clashes, "published ports claimed twice: " + "; ".join(clashes)
 
 
 @pytest.mark.needs_routing_mesh
 def test_each_env_answers_on_its_own_port_with_its_env(
-    swarm: Cluster, environments: list[DeployedStack]
+    swarm: Cluster, environments: list[DeployedStack], swarm_role: Callable[[str], str]
 ) -> None:
+    ui = swarm_role("ui")
     for stack in environments:
-        port = stack.published_port("ui")
+        port = stack.published_port(ui)
         if port is None:
-            continue
+            pytest.skip(f"{ui} publishes no port on the routing mesh")
+        shown = (stack.declared(ui).get("environment") or {}).get("ENV")
         for node, address in swarm.addresses.items():
             first = mesh.first_answer(address, port)
             assert first.status == 200, (
@@ -118,8 +115,8 @@ def test_each_env_answers_on_its_own_port_with_its_env(
             )
             answers = mesh.probe(address, port, count=3)
             envs = {a.env for a in answers if a.status == 200}
-            assert envs == {stack.values["ENV"]}, (
-                f"{node}:{port} answered {answers}, expected {stack.name}'s page"
+            assert envs == {shown}, (
+                f"{node}:{port} answered {answers}, expected {stack.name}'s page (ENV {shown!r})"
             )
 
 
@@ -142,10 +139,13 @@ def test_a_port_clash_is_named_before_deploying(
 ) -> None:
     lifecycle = lifecycle_of(request.config)
     main = environments[0]
+    ports = published_ports(main.model)
+    if not ports:
+        pytest.skip(f"{main.name} publishes no port: no other stack can clash with it")
     clashing = shifted_env(main.source.env_file, tmp_path, "CLASH", 0, main.source.compose_files)
     source = replace(main.source, env="clash", env_file=clashing, stack_name=None)
     with pytest.raises(StackError) as info:
         lifecycle.deploy(source)
-    port = main.published_port("ui")
-    assert f"port {port}: {main.name} " in str(info.value) and "CLASH ui" in str(info.value)
+    port, service = min(ports.items())
+    assert f"port {port}: {main.name} {service} and CLASH {service}" in str(info.value), str(info.value)
     assert not main.cluster.client.api.services(filters={"label": f"{STACK_LABEL}=CLASH"})

@@ -229,7 +229,8 @@ class Updates:
         health = self.health(service, spec)
         broken, flags, failing = variant_ref(original, "broken"), [], health
         how = "its own healthcheck fails"
-        if missing_variant(self.swarm, name, original, "broken"):
+        # -broken fails by the image's HEALTHCHECK, which a compose healthcheck replaces
+        if missing_variant(self.swarm, name, original, "broken") or "healthcheck" in spec:
             broken, flags, failing = variant_ref(original, "next"), FAILING_HEALTH_FLAGS, FAILING_HEALTH
             how = "the update sets a healthcheck that never passes"
         deadline = update_deadline(tasks, config, failing)

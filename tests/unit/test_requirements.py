@@ -83,6 +83,7 @@ def declared(
         model=model,
         raw=GOOD_RAW if raw is None else raw,
         env_file=Path("/project/envs/dev.env"),
+        base=Path("/project/envs"),
         roles=find_roles(model, profile.roles, roles or {}),
         nodes=NODES,
         other_envs=others or {},

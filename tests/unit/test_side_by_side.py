@@ -23,5 +23,5 @@ def test_the_ports_the_stack_publishes_move_whatever_their_names_and_quotes(tmp_
         "UI_PORT": "9392",
         "WEB_PUBLISHED": "8180",
         "POST_PORT": "5000",  # the container's own port: not published, not moved
-        "NOTE": "it's \"$5\"",
+        "NOTE": 'it\'s "$5"',
     }
