@@ -26,10 +26,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import NoReturn
 
-import docker.errors
-
 from .errors import SwarmError
-from .lifecycle import down_kept, down_run, sweep_leftovers
 from .ownership import run_root
 from .runs import find_run, recorded_runs, table
 
@@ -38,6 +35,7 @@ EPILOG = "exit codes: 0 done (also: nothing to do), 1 could not be done (stderr 
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The ``pytest-swarm`` parser: one subcommand each for ls, down and sweep."""
     parser = argparse.ArgumentParser(
         prog=PROG,
         description="The Docker Swarm clusters pytest-swarm runs made on this machine: list, remove, sweep.",
@@ -55,7 +53,7 @@ def build_parser() -> argparse.ArgumentParser:
     ls.add_argument("--rootdir", type=Path, default=Path("."), help="also read this project's kept record")
     down = commands.add_parser(
         "down",
-        help="remove a kept cluster",
+        help="remove the project's kept cluster, or a run's cluster by its id",
         description="Without ID: remove the cluster kept (--swarm-keep, --swarm-reuse) for the project "
         "in --rootdir. With ID: remove the cluster of that run, kept or left behind (ids: "
         f"`{PROG} ls`). A run whose pytest process is still running is refused.",
@@ -79,9 +77,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run one command; returns the exit code (argparse exits with 2 on a usage error)."""
     parser = build_parser()
     args = parser.parse_args(argv)
+    if args.command == "ls":
+        return list_runs(args.rootdir)
+    # Only removing needs the engine's client and the providers (`ls` and `--help` stay quick).
+    import docker.errors
+
     try:
-        if args.command == "ls":
-            return list_runs(args.rootdir)
         if args.command == "down":
             return down(args.id, args.rootdir, args.usage_error)
         return sweep()
@@ -92,11 +93,13 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def fail(message: str) -> int:
+    """Print ``message`` on stderr; returns exit code 1."""
     print(f"{PROG}: {message}", file=sys.stderr)
     return 1
 
 
 def list_runs(rootdir: Path) -> int:
+    """``ls``: a header and a line per recorded run, or one line saying there is none."""
     runs = recorded_runs([rootdir.resolve()])
     if not runs:
         print(f"no kept clusters and no recorded runs in {run_root()}")
@@ -106,6 +109,9 @@ def list_runs(rootdir: Path) -> int:
 
 
 def down(session_id: str | None, rootdir: Path | None, usage_error: Callable[[str], NoReturn]) -> int:
+    """``down``: the project's kept cluster (no id), or the run recorded as ``session_id``."""
+    from .lifecycle import down_kept, down_run
+
     if session_id is None:
         print(down_kept((rootdir or Path(".")).resolve()))
         return 0
@@ -118,6 +124,9 @@ def down(session_id: str | None, rootdir: Path | None, usage_error: Callable[[st
 
 
 def sweep() -> int:
+    """``sweep``: fails (1) when a run whose process is gone is still recorded afterwards."""
+    from .lifecycle import sweep_leftovers
+
     swept = sweep_leftovers(print)
     print(f"swept {len(swept)} run(s)" + (f": {', '.join(swept)}" if swept else ""))
     left = [run.id for run in recorded_runs() if not run.kept and not run.owner_alive]

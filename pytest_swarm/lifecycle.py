@@ -266,7 +266,7 @@ def down_kept(rootdir: Path) -> str:
     """Remove the cluster kept for ``rootdir``; returns what was done (also when nothing was kept)."""
     record = read_kept(rootdir)
     if record is None:
-        return f"no kept cluster recorded under {rootdir}: nothing to remove (`pytest-swarm ls` lists them all)"
+        return f"no kept cluster recorded under {rootdir}: nothing to remove (`pytest-swarm ls` lists all)"
     session_id = str(record["session"])
     run = find_run(session_id)
     if run is not None:

@@ -25,6 +25,8 @@ CGROUP_ROOT = Path("/sys/fs/cgroup")
 CGROUP_PREFIX = "pytest-swarm-"
 KEPT_FILE = "kept.json"  # in the run folder: the cluster is kept, and how to reach it
 PROJECT_FILE = "project"  # in the run folder: the rootdir of the run that made it
+UML_STATE_FILE = "uml.json"  # in the run folder: a UML run's record; its own sweep removes what it lists
+MACHINE_STATE_FILE = "machine.json"  # in the run folder: the machines a machine run created
 STATE_DIR = ".pytest-swarm"  # under the rootdir: which kept cluster belongs to this project
 
 

@@ -10,8 +10,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .ownership import KEPT_FILE, PROJECT_FILE, STATE_DIR, owner_alive, read_kept_raw, run_root
-from .providers.dind import MACHINE_STATE_FILE, UML_STATE_FILE
+from .ownership import (
+    KEPT_FILE,
+    MACHINE_STATE_FILE,
+    PROJECT_FILE,
+    STATE_DIR,
+    UML_STATE_FILE,
+    owner_alive,
+    read_kept_raw,
+    run_root,
+)
 
 
 @dataclass(frozen=True)

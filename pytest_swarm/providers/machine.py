@@ -37,7 +37,7 @@ from ..capabilities import probe_capabilities
 from ..cluster import Cluster
 from ..commands import TLS_CERT_PATHS
 from ..errors import ProvisioningError
-from ..ownership import Session, is_kept, owner_alive, remove_run_dir, run_root
+from ..ownership import MACHINE_STATE_FILE, Session, is_kept, owner_alive, remove_run_dir, run_root
 from .attach import client_for, tls_config
 from .base import (
     TRANSIENT,
@@ -54,7 +54,7 @@ from .base import (
     wait_ready,
 )
 
-STATE_FILE = "machine.json"
+STATE_FILE = MACHINE_STATE_FILE
 CREATE_TIMEOUT = 900.0  # a GCE machine with docker installed by the provisioner: minutes
 QUERY_TIMEOUT = 60.0
 # Substrings of docker-machine's stderr (lower-cased) that name a passing cloud condition.

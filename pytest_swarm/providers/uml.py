@@ -49,7 +49,15 @@ from ..capabilities import probe_capabilities
 from ..cluster import Cluster
 from ..commands import run
 from ..errors import CommandError, ProvisioningError
-from ..ownership import Session, is_kept, owner_alive, process_start_time, remove_run_dir, run_root
+from ..ownership import (
+    UML_STATE_FILE,
+    Session,
+    is_kept,
+    owner_alive,
+    process_start_time,
+    remove_run_dir,
+    run_root,
+)
 from ..waiting import Poll, wait_for
 from .base import (
     API_VERSION,
@@ -73,7 +81,7 @@ UML_BINARY = Path("/usr/bin/linux.uml")
 UML_MODULES = Path("/usr/lib/uml/modules")
 NODE_RECIPE = Path(__file__).parent / "uml_node"
 CACHE_ROOT = Path("/var/cache/pytest-swarm/uml")
-STATE_FILE = "uml.json"
+STATE_FILE = UML_STATE_FILE
 SUBNET_POOL = ipaddress.IPv4Network("172.16.0.0/16")  # outside docker's and swarm's default pools
 FIRST_HOST = 10  # node k gets .<10+k>; .1 is the host's end of the bridge
 BOOT_TIMEOUT = 180.0  # kernel + sshd + dockerd, three nodes booting on two cores
