@@ -243,7 +243,7 @@ class SwarmLifecycle:
             write_kept(self.session, s.rootdir, record)
             self.summary.append(
                 f"cluster {self.session.id} kept: DOCKER_HOST={record['DOCKER_HOST']} docker node ls; "
-                "reuse it with --swarm-reuse; remove it with: python -m pytest_swarm down"
+                f"reuse it with --swarm-reuse; remove it with: pytest-swarm down {self.session.id}"
             )
             return
         if not getattr(self.provider, "owns_swarm", True) and self._cluster is not None:
