@@ -16,13 +16,14 @@ import pytest
 from .cluster import Cluster, Node
 from .errors import ConvergenceTimeout, ProvisioningError, StackError, SwarmError
 from .images import prepare_stack_images
-from .ownership import Session, forget_kept, read_kept, write_kept
+from .ownership import Session, forget_kept, read_kept, remove_run_dir, run_root, write_kept
 from .placement import missing_labels
 from .providers.base import Provider
 from .providers.dind import DindProvider, local_engine, remove_session
 from .providers.dind import sweep as sweep_dind
 from .requirements import Profile, load_profile
 from .roles import find_roles
+from .runs import RecordedRun, find_run
 from .settings import Settings
 from .stack import DeployedStack, StackSource, deploy, render
 from .timing import Timing
@@ -45,7 +46,7 @@ class SwarmLifecycle:
         self.settings = settings
         self.profile: Profile | None = load_profile(settings.requirements, settings.rootdir)
         self.progress = progress
-        self.session = Session.new()
+        self.session = Session.new(settings.rootdir)
         self.provider: Provider | None = None
         self._cluster: Cluster | None = None
         self._error: BaseException | None = None
@@ -150,7 +151,7 @@ class SwarmLifecycle:
                 "creating another"
             )
             return None
-        session = Session(id=str(record["session"]), owner=self.session.owner)
+        session = Session(id=str(record["session"]), owner=self.session.owner, rootdir=self.settings.rootdir)
         provider = self._provider(session)
         try:
             cluster = provider.attach(str(record["nodes"]).split(","))
@@ -159,6 +160,7 @@ class SwarmLifecycle:
             provider.down()
             forget_kept(session.id, self.settings.rootdir)
             return None
+        session.make_run_dir()  # this process owns it now: `down` and `ls` see it in use
         self.session, self.provider, self.reused = session, provider, True
         return cluster
 
@@ -299,7 +301,7 @@ class SwarmLifecycle:
             write_kept(self.session, s.rootdir, record)
             self.summary.append(
                 f"cluster {self.session.id} kept: DOCKER_HOST={record['DOCKER_HOST']} docker node ls; "
-                "reuse it with --swarm-reuse; remove it with: python -m pytest_swarm down"
+                f"reuse it with --swarm-reuse; remove it with: pytest-swarm down {self.session.id}"
             )
             return
         if not getattr(self.provider, "owns_swarm", True) and self._cluster is not None:
@@ -319,18 +321,49 @@ class SwarmLifecycle:
 
 
 def down_kept(rootdir: Path) -> str:
-    """Remove the cluster kept for ``rootdir``; returns what was done."""
+    """Remove the cluster kept for ``rootdir``; returns what was done (also when nothing was kept)."""
     record = read_kept(rootdir)
     if record is None:
-        return f"no kept cluster recorded under {rootdir}"
+        return f"no kept cluster recorded under {rootdir}: nothing to remove (`pytest-swarm ls` lists all)"
     session_id = str(record["session"])
-    if record.get("provider") == "uml":
+    run = find_run(session_id)
+    if run is not None:
+        _refuse_if_in_use(run)
+    _remove(session_id, str(record.get("provider", "dind")), rootdir)
+    return f"cluster {session_id} removed"
+
+
+def down_run(session_id: str) -> str:
+    """Remove the cluster (kept or left behind) of the run recorded as ``session_id``."""
+    run = find_run(session_id)
+    if run is None:
+        raise SwarmError(
+            f"no run {session_id!r} is recorded in {run_root()}: `pytest-swarm ls` lists the recorded "
+            "runs and kept clusters by id"
+        )
+    _refuse_if_in_use(run)
+    _remove(run.id, run.provider, run.project)
+    return f"cluster {run.id} removed ({run.provider}{', was kept' if run.kept else ''})"
+
+
+def _refuse_if_in_use(run: RecordedRun) -> None:
+    if run.owner_alive:
+        raise SwarmError(
+            f"run {run.id} belongs to pytest process {run.owner_pid}, which is still running: end that "
+            "run (Ctrl-C; it removes its cluster unless told to keep it), then try again"
+        )
+
+
+def _remove(session_id: str, provider: str, rootdir: Path | None) -> None:
+    """Remove what the run recorded as ``session_id`` made, by its provider's record, and forget it."""
+    if provider == "uml":
         from .providers import uml
 
         problems = uml.remove_session(session_id)
-    elif record.get("provider") == "attach":
+    elif provider == "attach":
         problems = []  # an attached swarm is someone else's: only the record goes
-    elif record.get("provider") == "machine":
+        remove_run_dir(session_id)
+    elif provider == "machine":
         from .providers import machine
 
         problems = machine.remove_session(session_id)
@@ -338,8 +371,10 @@ def down_kept(rootdir: Path) -> str:
         problems = remove_session(local_engine(), session_id)
     forget_kept(session_id, rootdir)
     if problems:
-        raise ProvisioningError(f"cluster {session_id} removed, but: {'; '.join(problems)}")
-    return f"cluster {session_id} removed"
+        raise ProvisioningError(
+            f"cluster {session_id} removed only in part: {'; '.join(problems)}; once that is fixed, "
+            "`pytest-swarm sweep` removes the rest"
+        )
 
 
 def sweep_leftovers(progress: Progress) -> list[str]:

@@ -20,11 +20,24 @@ from typing import Any
 
 SESSION_LABEL = "io.pytest-swarm.session"
 OWNER_LABEL = "io.pytest-swarm.owner"
-RUN_ROOT = Path(tempfile.gettempdir()) / "pytest-swarm"
+RUN_ROOT_ENV = "PYTEST_SWARM_RUN_ROOT"  # where run folders go instead of <tmp>/pytest-swarm
 CGROUP_ROOT = Path("/sys/fs/cgroup")
 CGROUP_PREFIX = "pytest-swarm-"
 KEPT_FILE = "kept.json"  # in the run folder: the cluster is kept, and how to reach it
+PROJECT_FILE = "project"  # in the run folder: the rootdir of the run that made it
+UML_STATE_FILE = "uml.json"  # in the run folder: a UML run's record; its own sweep removes what it lists
+MACHINE_STATE_FILE = "machine.json"  # in the run folder: the machines a machine run created
 STATE_DIR = ".pytest-swarm"  # under the rootdir: which kept cluster belongs to this project
+
+
+def run_root() -> Path:
+    """The folder holding every run folder: ``$PYTEST_SWARM_RUN_ROOT``, else ``<tmp>/pytest-swarm``.
+
+    Read at each call, so a test (or a second checkout) can point a run at a folder of its own.
+    Runs, ``sweep`` and ``down`` must agree on it: a kept cluster is known by its run folder.
+    Keep it short: the dind nodes' sockets are under it (a unix socket path has at most 107 bytes).
+    """
+    return Path(os.environ.get(RUN_ROOT_ENV) or Path(tempfile.gettempdir()) / "pytest-swarm")
 
 
 def boot_id() -> str:
@@ -65,10 +78,11 @@ class Session:
 
     id: str
     owner: str
+    rootdir: Path | None = None  # the project of the run, recorded in its folder for `ls`
 
     @classmethod
-    def new(cls) -> Session:
-        return cls(id=uuid.uuid4().hex[:8], owner=owner_token())
+    def new(cls, rootdir: Path | None = None) -> Session:
+        return cls(id=uuid.uuid4().hex[:8], owner=owner_token(), rootdir=rootdir)
 
     @property
     def labels(self) -> dict[str, str]:
@@ -76,7 +90,7 @@ class Session:
 
     @property
     def run_dir(self) -> Path:
-        return RUN_ROOT / self.id
+        return run_root() / self.id
 
     @property
     def prefix(self) -> str:
@@ -90,16 +104,20 @@ class Session:
     def make_run_dir(self) -> Path:
         self.run_dir.mkdir(parents=True, exist_ok=True)
         (self.run_dir / "owner").write_text(self.owner)
+        if self.rootdir is not None:
+            (self.run_dir / PROJECT_FILE).write_text(str(self.rootdir))
         return self.run_dir
 
 
 def is_kept(session_id: str) -> bool:
-    return (RUN_ROOT / session_id / KEPT_FILE).is_file()
+    return (run_root() / session_id / KEPT_FILE).is_file()
 
 
 def write_kept(session: Session, rootdir: Path, record: dict[str, Any]) -> Path:
     """Mark the session's cluster as kept; point the project's state file at it."""
-    (session.run_dir / KEPT_FILE).write_text(json.dumps(record, indent=2))
+    session.run_dir.mkdir(parents=True, exist_ok=True)  # attach makes no run folder of its own
+    kept = {**record, "rootdir": str(rootdir)}
+    (session.run_dir / KEPT_FILE).write_text(json.dumps(kept, indent=2))
     state = rootdir / STATE_DIR / KEPT_FILE
     state.parent.mkdir(exist_ok=True)
     (state.parent / ".gitignore").write_text("*\n")
@@ -118,7 +136,7 @@ def read_kept(rootdir: Path) -> dict[str, Any] | None:
 
 
 def forget_kept(session_id: str, rootdir: Path | None) -> None:
-    (RUN_ROOT / session_id / KEPT_FILE).unlink(missing_ok=True)
+    (run_root() / session_id / KEPT_FILE).unlink(missing_ok=True)
     if rootdir is not None:
         state = rootdir / STATE_DIR / KEPT_FILE
         record = read_kept_raw(state)
@@ -156,7 +174,7 @@ def remove_cgroup_tree(top: Path) -> list[str]:
 
 
 def remove_run_dir(session_id: str) -> None:
-    shutil.rmtree(RUN_ROOT / session_id, ignore_errors=True)
+    shutil.rmtree(run_root() / session_id, ignore_errors=True)
 
 
 def stale_run_dirs(unless_holding: tuple[str, ...] = ()) -> Iterator[str]:
@@ -165,9 +183,10 @@ def stale_run_dirs(unless_holding: tuple[str, ...] = ()) -> Iterator[str]:
     A folder holding one of ``unless_holding`` (another provider's record of what it made) is
     left to that provider's sweep, which must read the record to remove what it lists.
     """
-    if not RUN_ROOT.is_dir():
+    root = run_root()
+    if not root.is_dir():
         return
-    for folder in RUN_ROOT.iterdir():
+    for folder in root.iterdir():
         if any((folder / name).exists() for name in unless_holding):
             continue
         try:

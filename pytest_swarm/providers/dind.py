@@ -22,8 +22,10 @@ from ..capabilities import probe_capabilities
 from ..cluster import Cluster
 from ..errors import EngineUnreachable, ProvisioningError
 from ..ownership import (
+    MACHINE_STATE_FILE,
     OWNER_LABEL,
     SESSION_LABEL,
+    UML_STATE_FILE,
     Session,
     cgroup_dirs,
     is_kept,
@@ -50,8 +52,6 @@ from .base import (
 )
 
 NODE_RECIPE = Path(__file__).parent / "dind_node"
-UML_STATE_FILE = "uml.json"  # a UML session's record: its own sweep removes what it lists
-MACHINE_STATE_FILE = "machine.json"  # a machine session's record of the machines it created
 NODE_REPO = "pytest-swarm/node"
 NODE_MOUNT = "/pytest-swarm"
 ENGINE_TIMEOUT = 60.0

@@ -37,7 +37,7 @@ from ..capabilities import probe_capabilities
 from ..cluster import Cluster
 from ..commands import TLS_CERT_PATHS
 from ..errors import ProvisioningError
-from ..ownership import RUN_ROOT, Session, is_kept, owner_alive, remove_run_dir
+from ..ownership import MACHINE_STATE_FILE, Session, is_kept, owner_alive, remove_run_dir, run_root
 from .attach import client_for, tls_config
 from .base import (
     TRANSIENT,
@@ -54,7 +54,7 @@ from .base import (
     wait_ready,
 )
 
-STATE_FILE = "machine.json"
+STATE_FILE = MACHINE_STATE_FILE
 CREATE_TIMEOUT = 900.0  # a GCE machine with docker installed by the provisioner: minutes
 QUERY_TIMEOUT = 60.0
 # Substrings of docker-machine's stderr (lower-cased) that name a passing cloud condition.
@@ -201,7 +201,7 @@ class MachineState:
     """Which machines this run created (or began to create): ``<run dir>/machine.json``."""
 
     def __init__(self, session_id: str) -> None:
-        self.path = RUN_ROOT / session_id / STATE_FILE
+        self.path = run_root() / session_id / STATE_FILE
         self._lock = threading.Lock()
 
     def read(self) -> dict[str, Any]:
@@ -364,9 +364,10 @@ def remove_session(session_id: str, cli: MachineCli | None = None) -> list[str]:
 def sweep(progress: images.Progress, cli: MachineCli | None = None) -> list[str]:
     """Remove the machines of earlier runs whose owner is gone and that were not kept."""
     swept: list[str] = []
-    if not RUN_ROOT.is_dir():
+    root = run_root()
+    if not root.is_dir():
         return swept
-    for folder in sorted(RUN_ROOT.iterdir()):
+    for folder in sorted(root.iterdir()):
         if not (folder / STATE_FILE).is_file() or is_kept(folder.name):
             continue
         try:

@@ -49,7 +49,15 @@ from ..capabilities import probe_capabilities
 from ..cluster import Cluster
 from ..commands import run
 from ..errors import CommandError, ProvisioningError
-from ..ownership import RUN_ROOT, Session, is_kept, owner_alive, process_start_time, remove_run_dir
+from ..ownership import (
+    UML_STATE_FILE,
+    Session,
+    is_kept,
+    owner_alive,
+    process_start_time,
+    remove_run_dir,
+    run_root,
+)
 from ..waiting import Poll, wait_for
 from .base import (
     API_VERSION,
@@ -73,7 +81,7 @@ UML_BINARY = Path("/usr/bin/linux.uml")
 UML_MODULES = Path("/usr/lib/uml/modules")
 NODE_RECIPE = Path(__file__).parent / "uml_node"
 CACHE_ROOT = Path("/var/cache/pytest-swarm/uml")
-STATE_FILE = "uml.json"
+STATE_FILE = UML_STATE_FILE
 SUBNET_POOL = ipaddress.IPv4Network("172.16.0.0/16")  # outside docker's and swarm's default pools
 FIRST_HOST = 10  # node k gets .<10+k>; .1 is the host's end of the bridge
 BOOT_TIMEOUT = 180.0  # kernel + sshd + dockerd, three nodes booting on two cores
@@ -359,7 +367,7 @@ def _last_used(disk: Path) -> float:
 
 # -- state ------------------------------------------------------------------------------------
 def _state_path(session_id: str) -> Path:
-    return RUN_ROOT / session_id / STATE_FILE
+    return run_root() / session_id / STATE_FILE
 
 
 def read_state(session_id: str) -> dict[str, Any] | None:
@@ -372,9 +380,10 @@ def read_state(session_id: str) -> dict[str, Any] | None:
 
 def _session_states() -> Iterator[dict[str, Any]]:
     """States of UML sessions whose owner is alive or whose cluster is kept."""
-    if not RUN_ROOT.is_dir():
+    root = run_root()
+    if not root.is_dir():
         return
-    for folder in RUN_ROOT.iterdir():
+    for folder in root.iterdir():
         state = read_state(folder.name)
         if state is not None and (is_kept(folder.name) or owner_alive(str(state.get("owner", "")))):
             yield state
@@ -1091,8 +1100,9 @@ def remove_session(session_id: str) -> list[str]:
 def sweep(progress: images.Progress) -> list[str]:
     """Remove the UML sessions earlier runs left: their owner is gone and they were not kept."""
     stale = []
-    if RUN_ROOT.is_dir():
-        for folder in RUN_ROOT.iterdir():
+    root = run_root()
+    if root.is_dir():
+        for folder in root.iterdir():
             state = read_state(folder.name)
             if state is None or is_kept(folder.name) or owner_alive(str(state.get("owner", ""))):
                 continue

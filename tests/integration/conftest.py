@@ -10,7 +10,7 @@ from pathlib import Path
 import docker
 import pytest
 
-from pytest_swarm.ownership import RUN_ROOT, SESSION_LABEL, cgroup_dirs
+from pytest_swarm.ownership import SESSION_LABEL, cgroup_dirs, run_root
 
 PROJECT = Path(__file__).parent / "project"
 # The project folder is what the pytester runs copy and run with their own options.
@@ -40,8 +40,8 @@ def find_leftovers(engine: docker.DockerClient, session_id: str | None = None) -
     ]
     prefix = "pytest-swarm-" + (session_id + "-" if session_id else "")
     found += [f"cgroup {p}" for p in cgroup_dirs(prefix)]
-    if session_id is not None and (RUN_ROOT / session_id).exists():
-        found.append(f"folder {RUN_ROOT / session_id}")
+    if session_id is not None and (run_root() / session_id).exists():
+        found.append(f"folder {run_root() / session_id}")
     return found
 
 

