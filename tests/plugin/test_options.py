@@ -133,3 +133,34 @@ def test_a_docker_cli_without_stack_config_is_named(
     result = project.runpytest("--swarm-env=dev")
     assert result.ret == pytest.ExitCode.USAGE_ERROR
     result.stderr.fnmatch_lines(["*this docker CLI has no `docker stack config` (it needs a client >= 23*"])
+
+
+def test_a_label_no_local_node_carries_is_named_with_its_ini_line(pytester: pytest.Pytester) -> None:
+    """Before any node is made: the constraint, the service, and the line that gives the label."""
+    (pytester.path / ".env_DEV").write_text("ENV=DEV\n")
+    (pytester.path / "docker-compose.yml").write_text(
+        "services:\n"
+        "  web:\n"
+        "    image: web:1\n"
+        "    deploy:\n"
+        "      placement:\n"
+        "        constraints: [node.role == worker, engine.labels.provider == google]\n"
+        "  db:\n"
+        "    image: db:1\n"
+        "    deploy: {placement: {constraints: [node.labels.disk == ssd]}}\n"
+    )
+    pytester.makepyfile("def test_nothing(): pass")
+    result = pytester.runpytest("--swarm-env=dev")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(
+        [
+            "*no node of this dind cluster carries the labels these placement constraints ask for*",
+            "*db: node.labels.disk == ssd -> swarm_node_labels = master-1:disk=ssd",
+            "*web: engine.labels.provider == google -> swarm_engine_labels = *:provider=google",
+        ]
+    )
+    pytester.makeini(
+        "[pytest]\nswarm_engine_labels = *:provider=google\nswarm_node_labels = worker-1:disk=ssd\n"
+    )
+    result = pytester.runpytest("--swarm-env=dev")
+    assert result.ret == 0, result.stderr.str()
