@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 
 from pytest_swarm import declared
+from pytest_swarm.envfiles import describe
 from pytest_swarm.lifecycle import lifecycle_of
 from pytest_swarm.stack import DeployedStack
 from pytest_swarm.together import EARLY, early_work_last
@@ -43,6 +44,17 @@ NONE_DECLARES = {
     "stateless_service": "the stack declares no replicated service without volumes",
     "published_updated_service": "the stack declares no update_config on a service that publishes a port",
 }
+
+
+def pytest_collectstart(collector: pytest.Collector) -> None:
+    """The suites check a deployed env: without one, say so once and stop, as a usage error."""
+    settings = lifecycle_of(collector.config).settings
+    if settings.env is None:
+        pytest.exit(
+            "swarm: the acceptance suites deploy an env: give --swarm-env NAME "
+            f"(envs found: {describe(settings.envs, settings.rootdir)}) or --swarm-env-file PATH",
+            returncode=pytest.ExitCode.USAGE_ERROR,
+        )
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

@@ -173,6 +173,7 @@ class DindProvider:
     def attach(self, nodes: Sequence[str]) -> Cluster:
         """Reach the nodes of a kept cluster again (``--swarm-reuse``)."""
         started = time.monotonic()
+        self._image = node_image(self.client, self.progress)  # for a node added later
         for node in nodes:
             client = engine_client(self.socket_url(node))
             self._engines[node] = Engine(node, client, self.address(node))
