@@ -20,7 +20,7 @@ import docker.errors
 from .. import images
 from ..capabilities import probe_capabilities
 from ..cluster import Cluster
-from ..errors import EngineUnreachable, ProvisioningError
+from ..errors import EngineUnreachable, ProvisioningError, SwarmError
 from ..ownership import (
     MACHINE_STATE_FILE,
     OWNER_LABEL,
@@ -249,14 +249,21 @@ class DindProvider:
         if self.cluster is None:
             raise ProvisioningError("add_node needs a running cluster (call up() first)")
         name = new_node_name(role, self._engines)
-        engine = self._start_node(name)
-        self.load_images(sorted(self._images))  # what the stacks run, before tasks land there
-        manager = self._engines["master-1"]
-        join_late(manager, engine, role, self.timeout)
-        self._wait_ready(list(self._engines))
-        if labels:
-            apply_node_labels(manager.client, {name: labels})
-        admit(self.cluster, name, engine, probe_capabilities(self, [name]))
+        try:
+            engine = self._start_node(name)
+            self.load_images(sorted(self._images))  # what the stacks run, before tasks land there
+            manager = self._engines["master-1"]
+            join_late(manager, engine, role, self.timeout)
+            self._wait_ready(list(self._engines))
+            if labels:
+                apply_node_labels(manager.client, {name: labels})
+            admit(self.cluster, name, engine, probe_capabilities(self, [name]))
+        except BaseException:
+            try:
+                self._forget(name)  # a node that did not join leaves nothing behind
+            except (docker.errors.DockerException, SwarmError) as exc:
+                self.progress(f"{name} did not join, and removing it failed too: {exc}")
+            raise
         self.progress(f"node {name} joined as {role}")
         return name
 
@@ -266,6 +273,14 @@ class DindProvider:
             raise ProvisioningError("master-1 is the manager of this cluster and can't be removed")
         manager = self._engines["master-1"].client
         node_id = leave(manager, self._engines.pop(name))
+        self._remove_container(name)
+        forget(manager, self.cluster, name, node_id)
+
+    def _forget(self, name: str) -> None:
+        """Undo what a failed ``add_node`` made of ``name``: its swarm entry and its container."""
+        manager = self._engines["master-1"].client
+        engine = self._engines.pop(name, None)
+        node_id = leave(manager, engine) if engine is not None else None
         self._remove_container(name)
         forget(manager, self.cluster, name, node_id)
 
