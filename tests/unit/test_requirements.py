@@ -10,9 +10,11 @@ from typing import Any
 import pytest
 import yaml
 
+from pytest_swarm.errors import ProfileError
 from pytest_swarm.placement import NodeFacts
-from pytest_swarm.requirements import Declared, Profile, ProfileError, load_profile, parse_profile
+from pytest_swarm.requirements import Profile, load_profile, parse_profile
 from pytest_swarm.roles import find_roles
+from pytest_swarm.rules import Declared
 
 LESSON = load_profile("lesson", Path("."))
 NODES = [
