@@ -213,6 +213,22 @@ class Service(_View):
         return None if replicas is None else int(replicas)
 
     @property
+    def max_replicas_per_node(self) -> int | None:
+        """``placement.max_replicas_per_node``, None when unset (0 in the spec)."""
+        most = self._get("Spec", "TaskTemplate", "Placement", "MaxReplicas", default=0)
+        return int(most) or None
+
+    @property
+    def host_ports(self) -> list[int]:
+        """Ports published in host mode: one task per node can hold each."""
+        ports = self._get("Spec", "EndpointSpec", "Ports", default=None) or []
+        return [
+            int(p["PublishedPort"])
+            for p in ports
+            if p.get("PublishMode") == "host" and p.get("PublishedPort")
+        ]
+
+    @property
     def image(self) -> str:
         image = str(self._get("Spec", "TaskTemplate", "ContainerSpec", "Image", default=""))
         return image.split("@", 1)[0]

@@ -253,7 +253,10 @@ class Updates:
         service.reload()
         if service.attrs["Spec"]["TaskTemplate"] != before["TaskTemplate"]:
             fast = copy.deepcopy(before)
-            fast["UpdateConfig"] = FAST
+            # start-first needs room for a second task on a node: none beside a host-mode port
+            # or a max_replicas_per_node a node already holds
+            crowded = service.host_ports or service.max_replicas_per_node is not None
+            fast["UpdateConfig"] = {**FAST, "Order": "stop-first"} if crowded else FAST
             service.replace_spec(fast)
         wait_for(
             lambda: Poll(

@@ -103,3 +103,20 @@ def test_modules_around_early_work_keep_their_order_within_each_group() -> None:
     # the others as they came; then who started early work, in the order it started; then who
     # waits for all of it
     assert [i.name for i in items] == ["l1", "c1", "e1", "e2", "r1", "u1", "s1", "s2"]
+
+
+def test_operations_wait_for_start_when_their_holder_is_not_ready() -> None:
+    """An object holding a Together whose operations use it: they start once it is in place."""
+
+    class Holder:
+        def __init__(self) -> None:
+            self.together: Together[str, float] = Together({"a": self.work}, start=False)
+            self.together.start()
+
+        def work(self) -> float:
+            self.together.sleep(0.01)  # the attribute exists by now
+            return 1.0
+
+    holder = Holder()
+    holder.together.close()
+    assert holder.together.outcome("a", timeout=0).get() == 1.0
