@@ -352,7 +352,8 @@ def prepare_images(
         **(builds or {}),
         **{service: compose.Build(context=context) for service, context in build.items()},
     }
-    for service, ref in sorted(service_images.items()):
+    # what is built first: a service may run the image another service's build: makes
+    for service, ref in sorted(service_images.items(), key=lambda kv: (kv[0] not in recipes, kv[0])):
         tag = ref.rpartition(":")[2] if ":" in ref.rsplit("/", 1)[-1] else "latest"
         recipe = recipes.get(service)
         if recipe is not None:
