@@ -85,8 +85,15 @@ def host_port(port: Any) -> str | None:
     if isinstance(port, Mapping):
         published = port.get("published")
         return None if published in (None, "") else str(published)
-    text = str(port).split("/", 1)[0]
-    parts = text.rsplit(":", 2)
+    parts, depth, current = [], 0, ""
+    for char in str(port).split("/", 1)[0]:  # split on colons outside ${...}
+        depth += {"{": 1, "}": -1}.get(char, 0)
+        if char == ":" and depth == 0:
+            parts.append(current)
+            current = ""
+        else:
+            current += char
+    parts.append(current)
     return parts[-2] if len(parts) >= 2 and parts[-2] else None
 
 

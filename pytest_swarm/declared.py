@@ -7,8 +7,9 @@ the nodes enforce; every duration is in seconds, every size in bytes.
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from itertools import pairwise
 from typing import Any
 
 _DURATION = re.compile(r"(\d+(?:\.\d+)?)(ns|us|µs|ms|s|m|h)")
@@ -66,6 +67,50 @@ class RestartPolicy:
     delay: float
     max_attempts: int | None  # None: no limit
     window: float
+
+
+def restart_problems(
+    policy: RestartPolicy, runs: Sequence[tuple[float, float]], stopped: bool, margin: float = 1.0
+) -> list[str]:
+    """Where a failing task's runs (start, end, in order; seconds) break ``policy``.
+
+    Every restart waits ``delay``. Without a window, a task runs ``1 + max_attempts`` times.
+    With one, swarm restarts it after a failure while fewer than ``max_attempts`` restarts
+    happened in the ``window`` before that failure (a restart counts from the failure it
+    follows), so a task that fails slowly enough restarts forever; ``stopped``: no run came
+    after the last one. Times near a window's edge (``margin``) are not judged.
+    """
+    problems = []
+    gaps = [later[0] - earlier[1] for earlier, later in pairwise(runs)]
+    short = [round(g, 3) for g in gaps if g < policy.delay]
+    if short:
+        problems.append(f"restart delay {policy.delay:g} s, yet runs started {short} s after the one before")
+    if policy.max_attempts is None:
+        return problems
+    if policy.window <= 0:
+        if stopped and len(runs) != 1 + policy.max_attempts:
+            problems.append(
+                f"max_attempts {policy.max_attempts} -> {1 + policy.max_attempts} runs expected, "
+                f"swarm ran it {len(runs)} times"
+            )
+        return problems
+    restarts = [end for _, end in runs[:-1]]  # restart k follows the end of run k-1
+    for index, (_, failed) in enumerate(runs):
+
+        def within(span: float, index: int = index, failed: float = failed) -> int:
+            return sum(1 for at in restarts[:index] if at > failed - span)
+
+        if index < len(runs) - 1 and within(policy.window - margin) >= policy.max_attempts:
+            problems.append(
+                f"restarted after run {index + 1} though {within(policy.window - margin)} restarts fell in "
+                f"the {policy.window:g} s window before it (max_attempts {policy.max_attempts})"
+            )
+        if index == len(runs) - 1 and stopped and within(policy.window + margin) < policy.max_attempts:
+            problems.append(
+                f"not restarted after run {index + 1} though only {within(policy.window + margin)} restarts "
+                f"fell in the {policy.window:g} s window before it (max_attempts {policy.max_attempts})"
+            )
+    return problems
 
 
 def restart_policy(service: Mapping[str, Any]) -> RestartPolicy | None:

@@ -11,7 +11,6 @@ import docker
 import pytest
 import testinfra
 
-from .capabilities import FEATURES, skip_reason
 from .cluster import Cluster, Task
 from .envfiles import describe
 from .errors import SwarmError
@@ -231,16 +230,3 @@ def swarm_took(request: pytest.FixtureRequest) -> Callable[[float, str], None]:
         request.node.user_properties.append((TOOK, f"{seconds:.3f}|{what}"))
 
     return add
-
-
-@pytest.fixture(autouse=True)
-def _swarm_capability_gate(request: pytest.FixtureRequest) -> None:
-    """Skip at once a test marked needs_routing_mesh / needs_vip on a cluster without IPVS."""
-    for marker in FEATURES:
-        if request.node.get_closest_marker(marker) is None:
-            continue
-        cluster: Cluster = request.getfixturevalue("swarm")
-        capability, _ = FEATURES[marker]
-        missing = cluster.missing_capability(capability)
-        if missing:
-            pytest.skip(skip_reason(marker, missing, cluster.unprobed))

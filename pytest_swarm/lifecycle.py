@@ -39,9 +39,16 @@ def lifecycle_of(config: pytest.Config) -> SwarmLifecycle:
 class SwarmLifecycle:
     """Owns the provider, the cluster and the deployed stacks of one pytest run."""
 
-    def __init__(self, settings: Settings, progress: Progress) -> None:
-        """Raises ProfileError when --swarm-requirements names a rules file that can't be used."""
+    def __init__(
+        self, settings: Settings, progress: Progress, on_first_use: Callable[[], None] = lambda: None
+    ) -> None:
+        """``on_first_use`` runs once, before the cluster is first brought up or reattached.
+
+        Raises ProfileError when --swarm-requirements names a rules file that can't be used.
+        """
         self.settings = settings
+        self._on_first_use = on_first_use
+        self._finished = False
         self.profile: Profile | None = load_profile(settings.requirements, settings.rootdir)
         self.progress = progress
         self.session = Session.new(settings.rootdir)
@@ -69,6 +76,7 @@ class SwarmLifecycle:
             raise self._error
         if self._cluster is None:
             try:
+                self._on_first_use()
                 self._cluster = self._reattach() if self.settings.reuse else None
                 if self._cluster is None:
                     self._cluster = self._up()
@@ -77,6 +85,11 @@ class SwarmLifecycle:
                 raise
             self._announce(self._cluster)
         return self._cluster
+
+    @property
+    def used(self) -> bool:
+        """Whether this run asked for a cluster or rendered a stack."""
+        return self._cluster is not None or self._error is not None or self._model is not None
 
     @property
     def brought_up(self) -> Cluster | None:
@@ -255,9 +268,11 @@ class SwarmLifecycle:
         )
 
     def finish(self, failed: bool) -> None:
-        """Remove the cluster, or keep it (--swarm-keep, --swarm-reuse) and say how to reach it."""
-        if self.provider is None:
+        """Remove the cluster, or keep it (--swarm-keep, --swarm-reuse) and say how to reach it;
+        once (later calls do nothing)."""
+        if self.provider is None or self._finished:
             return
+        self._finished = True
         s = self.settings
         keep = s.keep == "always" or (s.keep == "on-failure" and failed)
         if s.reuse and s.sources.get("keep") == "default":

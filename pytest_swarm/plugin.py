@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 
 from . import evidence, timing, together
-from .capabilities import FEATURES
+from .capabilities import FEATURES, skip_reason
 from .errors import StackError, SwarmError
 from .lifecycle import LIFECYCLE, SwarmLifecycle, lifecycle_of
 from .report import Checks, facts_of, reason_of, render, requirement_of, suite_properties, timing_properties
@@ -69,10 +69,18 @@ def pytest_configure(config: pytest.Config) -> None:
     config.stash[_CHECKS] = Checks()
     config.pluginmanager.register(_CheckRecorder(config.stash[_CHECKS]), "swarm-checks")
     try:
-        config.stash[LIFECYCLE] = SwarmLifecycle(settings, _progress(config))
+        config.stash[LIFECYCLE] = SwarmLifecycle(
+            settings, _progress(config), lambda: _install_sigterm(config)
+        )
     except SwarmError as exc:  # a rules file that can't be used
         raise pytest.UsageError(str(exc)) from exc
-    _install_sigterm(config)
+
+
+def _asked(config: pytest.Config) -> bool:
+    """Whether this run uses the plugin: a swarm option given (command line, environment, ini),
+    or a cluster or stack asked for. A run that does neither sees no trace of it."""
+    settings = config.stash[SETTINGS]
+    return any(source != "default" for source in settings.sources.values()) or lifecycle_of(config).used
 
 
 def _masker(settings: Settings) -> Masker:
@@ -103,7 +111,10 @@ def _progress(config: pytest.Config) -> Any:
 
 
 def _install_sigterm(config: pytest.Config) -> None:
-    """SIGTERM unwinds like Ctrl-C, so the cluster is removed in the fixtures' finally blocks."""
+    """SIGTERM unwinds like Ctrl-C, so the cluster is removed in the fixtures' finally blocks
+    (installed when the run first asks for a cluster)."""
+    if _PREVIOUS_SIGTERM in config.stash:
+        return
 
     def interrupt(signum: int, frame: FrameType | None) -> None:
         raise KeyboardInterrupt(f"signal {signum}")
@@ -138,12 +149,29 @@ def pytest_unconfigure(config: pytest.Config) -> None:
 
 
 def pytest_report_header(config: pytest.Config) -> list[str]:
+    if not _asked(config):
+        return []
     settings = config.stash[SETTINGS]
     lines = [settings.describe()]
     explicit = {k: v for k, v in settings.sources.items() if v != "default"}
     if explicit:
         lines.append("swarm settings from: " + ", ".join(f"{k}={v}" for k, v in sorted(explicit.items())))
     return lines
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_setup(item: pytest.Item) -> Any:
+    """After its fixtures: a test marked needs_routing_mesh / needs_vip is skipped at once on a
+    cluster whose nodes lack what it needs, naming the nodes and the kernel feature."""
+    outcome = yield
+    markers = [marker for marker in FEATURES if item.get_closest_marker(marker) is not None]
+    if markers:
+        cluster = lifecycle_of(item.config).cluster()  # up already when its fixtures need it
+        for marker in markers:
+            missing = cluster.missing_capability(FEATURES[marker][0])
+            if missing:
+                pytest.skip(skip_reason(marker, missing, cluster.unprobed))
+    return outcome
 
 
 @pytest.hookimpl(wrapper=True, tryfirst=True)  # outermost: sees the report as xfail left it
@@ -198,9 +226,10 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int | pytest.ExitC
     """The run's facts as JUnit suite properties and, with --swarm-report, as a Markdown file;
     also when tests failed or the run was interrupted."""
     config = session.config
-    if LIFECYCLE not in config.stash:
+    if LIFECYCLE not in config.stash or not _asked(config):
         return
     lifecycle, masker = lifecycle_of(config), config.stash[MASKER]
+    lifecycle.finish(failed=session.testsfailed > 0)  # a cluster no swarm fixture took (gate only)
     for stack in lifecycle.stacks.values():
         masker.add(stack.values)
     try:

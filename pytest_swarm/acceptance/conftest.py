@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 
 from pytest_swarm import declared
+from pytest_swarm.envfiles import describe
 from pytest_swarm.lifecycle import lifecycle_of
 from pytest_swarm.stack import DeployedStack
 from pytest_swarm.together import EARLY, early_work_last
@@ -32,6 +33,28 @@ PARAMETERS: dict[str, Callable[[Spec], bool]] = {
         "update_config" in declared.deploy_section(spec) and bool(spec.get("ports"))
     ),
 }
+# Why a test of one of these parameters checks nothing on a stack (its skip reason).
+NONE_DECLARES = {
+    "service": "the stack declares no service",
+    "replicated_service": "the stack declares no replicated service",
+    "global_service": "the stack declares no global service",
+    "limited_service": "the stack declares no resource limits",
+    "restarting_service": "the stack declares no restart_policy",
+    "updated_service": "the stack declares no update_config",
+    "stateless_service": "the stack declares no replicated service without volumes",
+    "published_updated_service": "the stack declares no update_config on a service that publishes a port",
+}
+
+
+def pytest_collectstart(collector: pytest.Collector) -> None:
+    """The suites check a deployed env: without one, say so once and stop, as a usage error."""
+    settings = lifecycle_of(collector.config).settings
+    if settings.env is None:
+        pytest.exit(
+            "swarm: the acceptance suites deploy an env: give --swarm-env NAME "
+            f"(envs found: {describe(settings.envs, settings.rootdir)}) or --swarm-env-file PATH",
+            returncode=pytest.ExitCode.USAGE_ERROR,
+        )
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
@@ -49,7 +72,11 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     services: dict[str, Spec] = model.get("services") or {}
     for name in wanted:
         chosen = sorted(s for s, spec in services.items() if PARAMETERS[name](spec))
-        metafunc.parametrize(name, chosen, ids=chosen)
+        if chosen:
+            metafunc.parametrize(name, chosen, ids=chosen)
+        else:
+            skip = pytest.mark.skip(reason=NONE_DECLARES[name])
+            metafunc.parametrize(name, [pytest.param(None, marks=skip, id="none")])
 
 
 @pytest.fixture(scope="session", autouse=True)

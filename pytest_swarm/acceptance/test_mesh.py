@@ -25,7 +25,7 @@ def test_every_node_balances_over_every_ui_task(
         pytest.skip(f"{ui} publishes no port")
     service = swarm_stack.service(ui)
     containers = sorted(t.container_id[:12] for t in service.running_tasks())
-    env = swarm_stack.values.get("ENV", swarm_stack.name)
+    env = (swarm_stack.declared(ui).get("environment") or {}).get("ENV")  # what its page shows
     count = REQUESTS_PER_REPLICA * len(containers)
     report = []
     for node, address in sorted(swarm.addresses.items()):

@@ -37,7 +37,7 @@ import yaml
 
 from pytest_swarm import declared, mesh
 from pytest_swarm.capabilities import FEATURES
-from pytest_swarm.cluster import Cluster, Service, seconds
+from pytest_swarm.cluster import Cluster, Service, Task, seconds
 from pytest_swarm.commands import run_docker
 from pytest_swarm.errors import ConvergenceTimeout
 from pytest_swarm.evidence import DEPLOYED
@@ -379,11 +379,12 @@ def failure_waits(
 
 
 class TaskLog:
-    """Each task's running time and end time, by slot, on swarm's clock, while an update runs."""
+    """Each task's running time and end time, by place (its slot; a global task's node), on
+    swarm's clock, while an update runs."""
 
     def __init__(self, service: Service) -> None:
         self.service = service
-        self.running: dict[str, tuple[float, int | None, str]] = {}
+        self.running: dict[str, tuple[float, str, str]] = {}
         self.ended: dict[str, float] = {}
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, daemon=True)
@@ -392,20 +393,25 @@ class TaskLog:
         while not self._stop.wait(0.2):
             for task in self.service.tasks():
                 if task.state == "running":
-                    self.running.setdefault(task.id, (seconds(task.timestamp), task.slot, task.image))
+                    self.running.setdefault(task.id, (seconds(task.timestamp), place(task), task.image))
                 elif task.state in ENDED and task.id in self.running:
                     self.ended.setdefault(task.id, seconds(task.timestamp))
 
     @contextmanager
     def recording(self) -> Iterator[TaskLog]:
         for task in self.service.running_tasks():
-            self.running[task.id] = (0.0, task.slot, task.image)  # before the update: start unknown
+            self.running[task.id] = (0.0, place(task), task.image)  # before the update: start unknown
         self._thread.start()
         try:
             yield self
         finally:
             self._stop.set()
             self._thread.join(timeout=10)
+
+
+def place(task: Task) -> str:
+    """Where a task runs for its service: its slot (replicated) or its node (global)."""
+    return f"slot {task.slot}" if task.slot else f"node {task.node_id[:12]}"
 
 
 @pytest.fixture(scope="module")
@@ -437,32 +443,36 @@ def test_rolling_update_follows_update_config(
     rolled: Rolled = updates.part(updated_service, "roll", swarm_declared_wait, swarm_took)
     assert rolled.state == "completed", f"{updated_service}: update to {rolled.target} ended {rolled.state}"
     log = rolled.log
-    new = {t: v for t, v in log.running.items() if v[2].split("@")[0] == rolled.target}
-    old = {t: v for t, v in log.running.items() if v[2].split("@")[0] == rolled.original}
-    assert len(new) == rolled.tasks, (
-        f"{updated_service}: {len(new)} of {rolled.tasks} tasks on {rolled.target}"
+    # per place, the first task on the new image is the update's; a later one there replaced it
+    # (its restart policy, say): not a batch of the update
+    first_new: dict[str, tuple[float, str]] = {}
+    old_end: dict[str, float | None] = {}
+    for task_id, (started, where, image) in sorted(log.running.items(), key=lambda kv: kv[1][0]):
+        if image.split("@")[0] == rolled.target:
+            first_new.setdefault(where, (started, task_id))
+        elif image.split("@")[0] == rolled.original and old_end.get(where) is None:
+            old_end[where] = log.ended.get(task_id)  # a place may have had more than one old task
+    assert len(first_new) == rolled.tasks, (
+        f"{updated_service}: {len(first_new)} of its {rolled.tasks} tasks got {rolled.target}: "
+        f"{sorted(first_new)}"
     )
-    starts = sorted(v[0] for v in new.values())
+    starts = sorted(started for started, _ in first_new.values())
     crowded = config.crowded(starts)
     assert not crowded, (
         f"{updated_service}: declared parallelism {config.parallelism}, delay {config.delay:g} s; yet "
         + ", ".join(f"{config.parallelism + 1} new tasks ran within {b - a:.1f} s" for a, b in crowded)
         + f" (new tasks ran at {[round(t - starts[0], 1) for t in starts]} s)"
     )
-    by_slot_old: dict[int | None, float | None] = {}
-    for task_id, (_, slot, _) in old.items():  # a slot may have had more than one old task
-        if by_slot_old.get(slot) is None:
-            by_slot_old[slot] = log.ended.get(task_id)
-    for _task_id, (started, slot, _) in new.items():
-        stopped = by_slot_old.get(slot)
-        seen = {t[:12]: (v, log.ended.get(t)) for t, v in log.running.items() if v[1] == slot}
+    for where, (started, _) in sorted(first_new.items()):
+        stopped = old_end.get(where)
+        seen = {t[:12]: (v, log.ended.get(t)) for t, v in log.running.items() if v[1] == where}
         assert stopped is not None, (
-            f"{updated_service}: slot {slot}'s old task never stopped; its tasks seen {seen}"
+            f"{updated_service}: the old task of {where} never stopped; tasks seen {seen}"
         )
         if config.order == "stop-first":
-            assert stopped <= started, f"{updated_service} slot {slot}: stop-first, new task ran first"
+            assert stopped <= started, f"{updated_service} {where}: stop-first, yet the new task ran first"
         else:
-            assert started <= stopped, f"{updated_service} slot {slot}: start-first, old task ended first"
+            assert started <= stopped, f"{updated_service} {where}: start-first, yet the old task ended first"
 
 
 def test_a_failing_version_is_rolled_back_or_paused(

@@ -99,6 +99,7 @@ class DindProvider(LocalNodes):
     def attach(self, nodes: Sequence[str]) -> Cluster:
         """Reach the nodes of a kept cluster again (``--swarm-reuse``)."""
         started = time.monotonic()
+        self._image = node_image(self.client, self.progress)  # for a node added later
         for node in nodes:
             client = engine_client(self.socket_url(node))
             self._engines[node] = Engine(node, client, self.address(node))
@@ -151,7 +152,7 @@ class DindProvider(LocalNodes):
         return f"node container exited ({state['ExitCode']}); its dockerd log:\n{self.log_tail(node)}"
 
     # -- nodes during a run ------------------------------------------------------------------
-    def _discard_node(self, node: str, engine: Engine) -> str:
+    def _discard_node(self, node: str, engine: Engine | None) -> str:
         """Remove the node's container, volume and cgroup folders."""
         self._remove_container(node)
         return ""

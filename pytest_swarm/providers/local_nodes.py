@@ -14,9 +14,11 @@ from collections.abc import Collection, Mapping, Sequence
 from pathlib import Path
 from typing import ClassVar
 
+import docker.errors
+
 from ..capabilities import probe_capabilities
 from ..cluster import Cluster
-from ..errors import ProvisioningError
+from ..errors import ProvisioningError, SwarmError
 from .base import (
     Engine,
     ProviderRun,
@@ -75,8 +77,9 @@ class LocalNodes(ABC):
         """Start a node and wait until its engine answers."""
 
     @abstractmethod
-    def _discard_node(self, node: str, engine: Engine) -> str:
-        """Remove a node that left the swarm, and all it had; returns a problem or ""."""
+    def _discard_node(self, node: str, engine: Engine | None) -> str:
+        """Remove a node that left the swarm (or never joined: ``engine`` None when it never
+        answered), and all it had; returns a problem or ""."""
 
     @abstractmethod
     def log_tail(self, node: str, lines: int = 15) -> str:
@@ -153,19 +156,29 @@ class LocalNodes(ABC):
 
     # -- nodes during a run -----------------------------------------------------------------------
     def add_node(self, role: str = "worker", labels: Mapping[str, str] | None = None) -> str:
-        """Start a new node (worker-N+1 or master-N+1) and join it; returns its name."""
+        """Start a new node (worker-N+1 or master-N+1) and join it; returns its name.
+
+        A node that did not join leaves nothing behind (so the next node of that name can start).
+        """
         if self.cluster is None:
             raise ProvisioningError("add_node needs a running cluster (call up() first)")
         name = new_node_name(role, self._taken_names())
-        self._plan_node(name)
-        engine = self._start_node(name)
-        self.load_images(sorted(self._images))  # what the stacks run, before tasks land there
-        manager = self._engines[MANAGER]
-        join_late(manager, engine, role, self.timeout)
-        self._wait_ready(list(self._engines))
-        if labels:
-            apply_node_labels(manager.client, {name: labels})
-        admit(self.cluster, name, engine, probe_capabilities(self, [name]))
+        try:
+            self._plan_node(name)
+            engine = self._start_node(name)
+            self.load_images(sorted(self._images))  # what the stacks run, before tasks land there
+            manager = self._engines[MANAGER]
+            join_late(manager, engine, role, self.timeout)
+            self._wait_ready(list(self._engines))
+            if labels:
+                apply_node_labels(manager.client, {name: labels})
+            admit(self.cluster, name, engine, probe_capabilities(self, [name]))
+        except BaseException:
+            try:
+                self._forget(name)
+            except (docker.errors.DockerException, SwarmError) as exc:
+                self.progress(f"{name} did not join, and removing it failed too: {exc}")
+            raise
         self.progress(f"node {name} joined as {role}")
         return name
 
@@ -173,13 +186,21 @@ class LocalNodes(ABC):
         """Leave the swarm, drop the node from the node list, remove the node and what it had."""
         if name == MANAGER:
             raise ProvisioningError(f"{MANAGER} is the manager of this cluster and can't be removed")
-        manager = self._engines[MANAGER].client
-        engine = self._engines.pop(name)
-        node_id = leave(manager, engine)
-        problem = self._discard_node(name, engine)
-        forget(manager, self.cluster, name, node_id)
+        if name not in self._engines:
+            raise ProvisioningError(f"no node {name} in this cluster ({', '.join(self._engines)})")
+        problem = self._forget(name)
         if problem:
             raise ProvisioningError(f"{name} removed, but {problem}")
+
+    def _forget(self, name: str) -> str:
+        """Take ``name`` out of the swarm and the cluster's tables, and remove the node; returns
+        a problem or ""."""
+        manager = self._engines[MANAGER].client
+        engine = self._engines.pop(name, None)
+        node_id = leave(manager, engine) if engine is not None else None
+        problem = self._discard_node(name, engine)
+        forget(manager, self.cluster, name, node_id)
+        return problem
 
     def keep(self) -> dict[str, str]:
         """What a later run needs to reach this cluster again."""

@@ -327,9 +327,10 @@ class UmlProvider(LocalNodes):
         return f"its UML kernel is not running; console:\n{self.log_tail(node)}"
 
     # -- nodes during a run ------------------------------------------------------------------
-    def _discard_node(self, node: str, engine: Engine) -> str:
+    def _discard_node(self, node: str, engine: Engine | None) -> str:
         """Stop its kernel, remove its tap and files."""
-        engine.client.close()
+        if engine is not None:
+            engine.client.close()
         self._kill_node(node)
         problem = delete_link(self._node(node).get("tap"))
         with self._guard:

@@ -6,15 +6,17 @@ say: the service, the declared value, the requirement) and the skips it may have
 test must pass. A finding missed, a failure not expected or a skip not allowed fails here.
 
 The stacks run one after the other, as a user runs ``pytest --pyargs pytest_swarm.acceptance``
-in the stack's folder, on one dind cluster: the first run keeps it (``--swarm-keep=always``), the
-others reuse it (``--swarm-reuse``), and each run's stacks are removed before the next.
+in the stack's folder, from a wheel of this project installed in a fresh venv (nothing of this
+repository but the wheel), on one dind cluster: the first run keeps it
+(``--swarm-keep=always``), the others reuse it (``--swarm-reuse``), each run's stacks are
+removed before the next, and the venv's ``pytest-swarm down`` removes the cluster at the end.
 """
 
 from __future__ import annotations
 
-import fnmatch
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -30,7 +32,8 @@ import yaml
 
 from pytest_swarm.ownership import read_kept
 
-CORPUS = Path(__file__).parent.parent / "corpus"
+REPOSITORY = Path(__file__).parent.parent.parent
+CORPUS = REPOSITORY / "tests" / "corpus"
 STACKS = sorted(p.parent.name for p in CORPUS.glob("*/expected.yml"))
 # Skips every stack may have here: the kernel of this machine's dind nodes has no IPVS.
 KERNEL_SKIPS = ("have no IPVS",)
@@ -74,11 +77,16 @@ def cases(junit: Path) -> list[Case]:
     return found
 
 
+def matches(name: str, pattern: str) -> bool:
+    """``test_requirement[L03-*]``: ``*`` is any text, brackets are themselves."""
+    return re.fullmatch(re.escape(pattern).replace(r"\*", ".*"), name) is not None
+
+
 def judge(expected: Expected, seen: list[Case]) -> list[str]:
     """What is wrong with a run's outcomes against what the stack must show."""
     wrong = []
     for pattern, words in expected.findings.items():
-        matching = [c for c in seen if fnmatch.fnmatchcase(c.name, pattern)]
+        matching = [c for c in seen if matches(c.name, pattern)]
         if not matching:
             wrong.append(f"{pattern}: no such test ran (expected it to fail saying {words})")
         for case in matching:
@@ -86,7 +94,7 @@ def judge(expected: Expected, seen: list[Case]) -> list[str]:
             if case.outcome != "failed" or missing:
                 wrong.append(f"{case.name}: expected a failure saying {missing or words}, got {case.outcome}")
     for case in seen:
-        if any(fnmatch.fnmatchcase(case.name, p) for p in expected.findings):
+        if any(matches(case.name, p) for p in expected.findings):
             continue
         if case.outcome == "skipped" and any(s in case.message for s in (*expected.skips, *KERNEL_SKIPS)):
             continue
@@ -95,8 +103,28 @@ def judge(expected: Expected, seen: list[Case]) -> list[str]:
     return wrong
 
 
+def run(command: list[str], **how: Any) -> subprocess.CompletedProcess[str]:
+    result = subprocess.run(command, capture_output=True, text=True, check=False, **how)
+    assert result.returncode == 0, f"{command} exited {result.returncode}:\n{result.stdout}\n{result.stderr}"
+    return result
+
+
 @pytest.fixture(scope="module")
-def workplace(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+def venv(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A fresh venv holding the wheel of this project (built here) and what it depends on."""
+    root = tmp_path_factory.mktemp("wheel")
+    run(
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(root), str(REPOSITORY)],
+        timeout=300,
+    )
+    (wheel,) = root.glob("pytest_swarm-*.whl")
+    run([sys.executable, "-m", "venv", str(root / "venv")], timeout=120)
+    run([str(root / "venv/bin/pip"), "install", "-q", "--disable-pip-version-check", str(wheel)], timeout=600)
+    return root / "venv"
+
+
+@pytest.fixture(scope="module")
+def workplace(tmp_path_factory: pytest.TempPathFactory, venv: Path) -> Iterator[Path]:
     """A project folder the stacks take turns in (their shared cluster is kept for it), beside
     a copy of the corpus's image recipes."""
     root = tmp_path_factory.mktemp("corpus")
@@ -106,13 +134,7 @@ def workplace(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     try:
         yield project
     finally:
-        subprocess.run(
-            [sys.executable, "-m", "pytest_swarm", "down", str(project)],
-            capture_output=True,
-            text=True,
-            timeout=300,
-            check=False,
-        )
+        run([str(venv / "bin/pytest-swarm"), "down", "--rootdir", str(project)], timeout=300)
 
 
 def remove_stacks(project: Path) -> None:
@@ -144,7 +166,9 @@ def remove_stacks(project: Path) -> None:
 
 
 @pytest.mark.parametrize("name", STACKS)
-def test_the_suites_find_what_the_stack_gets_wrong_and_nothing_else(workplace: Path, name: str) -> None:
+def test_the_suites_find_what_the_stack_gets_wrong_and_nothing_else(
+    venv: Path, workplace: Path, name: str
+) -> None:
     source = CORPUS / name
     expected = Expected.read(source)
     for item in workplace.iterdir():  # the kept cluster's record stays
@@ -153,7 +177,7 @@ def test_the_suites_find_what_the_stack_gets_wrong_and_nothing_else(workplace: P
     shutil.copytree(source, workplace, dirs_exist_ok=True, ignore=shutil.ignore_patterns("expected.yml"))
     junit = workplace.parent / f"{name}.xml"
     command = [
-        sys.executable,
+        str(venv / "bin/python"),
         "-m",
         "pytest",
         "--pyargs",
@@ -162,7 +186,7 @@ def test_the_suites_find_what_the_stack_gets_wrong_and_nothing_else(workplace: P
         "no:cacheprovider",
     ]
     command += ["--swarm-reuse", "--swarm-keep=always", f"--junitxml={junit}", *expected.args]
-    env = {k: v for k, v in os.environ.items() if not k.startswith("SWARM_")}
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SWARM_") and k != "PYTHONPATH"}
     try:
         run = subprocess.run(
             command,

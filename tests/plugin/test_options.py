@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 
 import pytest
 
@@ -133,3 +134,71 @@ def test_a_docker_cli_without_stack_config_is_named(
     result = project.runpytest("--swarm-env=dev")
     assert result.ret == pytest.ExitCode.USAGE_ERROR
     result.stderr.fnmatch_lines(["*this docker CLI has no `docker stack config` (it needs a client >= 23*"])
+
+
+def test_a_label_no_local_node_carries_is_named_with_its_ini_line(pytester: pytest.Pytester) -> None:
+    """Before any node is made: the constraint, the service, and the line that gives the label."""
+    (pytester.path / ".env_DEV").write_text("ENV=DEV\n")
+    (pytester.path / "docker-compose.yml").write_text(
+        "services:\n"
+        "  web:\n"
+        "    image: web:1\n"
+        "    deploy:\n"
+        "      placement:\n"
+        "        constraints: [node.role == worker, engine.labels.provider == google]\n"
+        "  db:\n"
+        "    image: db:1\n"
+        "    deploy: {placement: {constraints: [node.labels.disk == ssd]}}\n"
+    )
+    pytester.makepyfile("def test_nothing(): pass")
+    result = pytester.runpytest("--swarm-env=dev")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(
+        [
+            "*no node of this dind cluster carries the labels these placement constraints ask for*",
+            "*db: node.labels.disk == ssd -> swarm_node_labels = master-1:disk=ssd",
+            "*web: engine.labels.provider == google -> swarm_engine_labels = *:provider=google",
+        ]
+    )
+    pytester.makeini(
+        "[pytest]\nswarm_engine_labels = *:provider=google\nswarm_node_labels = worker-1:disk=ssd\n"
+    )
+    result = pytester.runpytest("--swarm-env=dev")
+    assert result.ret == 0, result.stderr.str()
+
+
+def test_a_run_that_asks_nothing_of_the_plugin_sees_no_trace_of_it(pytester: pytest.Pytester) -> None:
+    """No header line, no signal handler, no fixture work: the output is the same with the
+    plugin disabled, but for pytest's list of plugins and the time taken."""
+    pytester.makepyfile(
+        """
+        import signal
+
+        def test_sigterm_is_pythons_own():
+            assert signal.getsignal(signal.SIGTERM) == signal.SIG_DFL
+
+        def test_fails():
+            assert 1 == 2
+        """
+    )
+
+    def output(*args: str) -> list[str]:
+        result = pytester.runpytest_subprocess("-p", "no:randomly", "-p", "no:cacheprovider", *args)
+        lines = result.stdout.lines + result.stderr.lines
+        return [re.sub(r" in [0-9.]+s", "", line) for line in lines if not line.startswith("plugins:")]
+
+    with_plugin, without = output(), output("-p", "no:swarm")
+    assert with_plugin == without
+    assert any("1 failed, 1 passed" in line for line in with_plugin)
+
+
+def test_the_suites_without_an_env_are_one_usage_error(project: pytest.Pytester) -> None:
+    result = project.runpytest("--pyargs", "pytest_swarm.acceptance")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stdout.fnmatch_lines(
+        [
+            "*swarm: the acceptance suites deploy an env: give --swarm-env NAME "
+            "(envs found: dev (envs/dev.env)*"
+        ]
+    )
+    assert "Traceback" not in result.stdout.str() + result.stderr.str()

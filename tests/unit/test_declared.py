@@ -2,11 +2,13 @@ import pytest
 
 from pytest_swarm import declared
 from pytest_swarm.declared import (
+    RestartPolicy,
     limits,
     parse_bytes,
     parse_duration,
     replicas,
     restart_policy,
+    restart_problems,
     update_config,
 )
 
@@ -91,3 +93,36 @@ def test_crowded_starts_follow_each_update_worker_not_batches() -> None:
     assert one.crowded([0.0, 5.2, 10.4]) == []
     assert one.crowded([0.0, 3.0]) == [(0.0, 3.0)]
     assert update_config({"deploy": {"update_config": {"parallelism": 0}}}).crowded([0.0, 0.0, 0.1]) == []
+
+
+def runs_every(gap: float, count: int, length: float = 0.2) -> list[tuple[float, float]]:
+    """``count`` runs of ``length`` s, each starting ``gap`` s after the one before ended."""
+    found, start = [], 100.0
+    for _ in range(count):
+        found.append((start, start + length))
+        start += length + gap
+    return found
+
+
+def test_restarts_without_a_window_count_every_attempt() -> None:
+    policy = RestartPolicy(condition="on-failure", delay=1.0, max_attempts=3, window=0.0)
+    assert restart_problems(policy, runs_every(1.2, 4), stopped=True) == []
+    assert restart_problems(policy, runs_every(1.2, 6), stopped=True) == [
+        "max_attempts 3 -> 4 runs expected, swarm ran it 6 times"
+    ]
+    assert restart_problems(policy, runs_every(0.4, 4), stopped=True) == [
+        "restart delay 1 s, yet runs started [0.4, 0.4, 0.4] s after the one before"
+    ]
+
+
+def test_restarts_within_a_window_are_counted_in_it() -> None:
+    """max_attempts 3 in 10 s: restarts 1.5 s apart hit the limit; 5 s apart never do."""
+    policy = RestartPolicy(condition="on-failure", delay=1.0, max_attempts=3, window=10.0)
+    assert restart_problems(policy, runs_every(1.5, 4), stopped=True) == []
+    assert restart_problems(policy, runs_every(5.0, 9), stopped=False) == []  # restarts forever
+    wrong = restart_problems(policy, runs_every(1.5, 6), stopped=True)
+    assert wrong[0].startswith("restarted after run 4 though 3 restarts fell in the 10 s window")
+    wrong = restart_problems(policy, runs_every(5.0, 3), stopped=True)
+    assert wrong == [
+        "not restarted after run 3 though only 2 restarts fell in the 10 s window before it (max_attempts 3)"
+    ]
