@@ -29,3 +29,7 @@ class ConvergenceTimeout(SwarmError):
 
 class CommandError(SwarmError):
     """An external command failed; carries its stderr."""
+
+
+class ProfileError(SwarmError):
+    """A requirement profile (rules file) that can't be used: the message names the file and line."""

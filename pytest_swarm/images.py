@@ -19,6 +19,7 @@ import subprocess
 import sys
 import tarfile
 import tempfile
+import time
 from collections.abc import Callable, Collection, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -33,6 +34,7 @@ from .commands import run_docker
 from .errors import ImageBuildError
 
 BASE_IMAGE = "debian:bookworm-slim"
+BUILD_HEARTBEAT = 10.0  # seconds between two lines about one build
 BASE_SUITE = "bookworm"
 BOOTSTRAP_LABEL = "io.pytest-swarm.bootstrap"
 LOCK_DIR = Path(tempfile.gettempdir()) / "pytest-swarm-locks"
@@ -238,6 +240,8 @@ def build_image(
     before = client.images.get(tags[0]).id if image_exists(client, tags[0]) else None
     lines: list[str] = []
     image_id = ""
+    started = last_said = time.monotonic()
+    step = ""
     try:
         stream: Iterator[dict[str, Any]] = client.api.build(
             path=str(context),
@@ -253,6 +257,10 @@ def build_image(
         for chunk in stream:
             if "stream" in chunk:
                 lines.extend(chunk["stream"].rstrip("\n").splitlines())
+                step = next((ln for ln in reversed(lines) if ln.startswith("Step ")), step)
+            if step and time.monotonic() - last_said >= BUILD_HEARTBEAT:  # a long build is not silent
+                last_said = time.monotonic()
+                progress(f"building {name}: {step[:100]} ({last_said - started:.0f} s)")
             if "error" in chunk:
                 lines.append(chunk["error"].strip())
                 raise ImageBuildError(

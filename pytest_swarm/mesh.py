@@ -16,6 +16,9 @@ from dataclasses import dataclass, field
 
 import requests
 
+from .errors import ConvergenceTimeout
+from .waiting import Poll, wait_for
+
 # how long a node may take to answer on a newly published port (see first_answer)
 READY_TIMEOUT = 60.0
 
@@ -66,12 +69,17 @@ def first_answer(address: str, port: int, timeout: float = READY_TIMEOUT, path: 
     then the port refuses connections. Checks of the mesh start after this, so they judge the
     balance and the page, not how fast the gossip went.
     """
-    deadline = time.monotonic() + timeout
-    while True:
+
+    def ask() -> Poll[Answer]:
         answer = probe(address, port, count=1, timeout=min(3.0, timeout), path=path)[0]
-        if answer.status == 200 or time.monotonic() >= deadline:
-            return answer
-        time.sleep(0.5)
+        return Poll(answer.status == 200, str(answer), answer)
+
+    try:
+        poll = wait_for(ask, what=f"{address}:{port} answering", timeout=timeout, interval=0.5)
+    except ConvergenceTimeout:
+        poll = ask()  # the last answer, for the check to show
+    assert poll.value is not None
+    return poll.value
 
 
 @dataclass

@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import os
 import signal
+from collections.abc import Callable
 from contextlib import nullcontext
 from types import FrameType
 from typing import Any
 
 import pytest
 
-from . import evidence, timing, together
+from . import evidence, timing, together, waiting
 from .capabilities import FEATURES, skip_reason
 from .errors import StackError, SwarmError
 from .lifecycle import LIFECYCLE, SwarmLifecycle, lifecycle_of
@@ -31,6 +32,7 @@ MASKER = pytest.StashKey[Masker]()
 _PREVIOUS_SIGTERM = pytest.StashKey[Any]()
 _CHECKS = pytest.StashKey[Checks]()
 _REPORT_OUTCOME = pytest.StashKey[str]()
+_HEARTBEAT = pytest.StashKey[Callable[[str], None]]()
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -66,6 +68,7 @@ def pytest_configure(config: pytest.Config) -> None:
         raise pytest.UsageError(str(exc)) from exc
     config.stash[SETTINGS] = settings
     config.stash[MASKER] = _masker(settings)
+    config.stash[_HEARTBEAT] = waiting.set_heartbeat(_progress(config))
     config.stash[_CHECKS] = Checks()
     config.pluginmanager.register(_CheckRecorder(config.stash[_CHECKS]), "swarm-checks")
     try:
@@ -87,6 +90,7 @@ def _masker(settings: Settings) -> Masker:
     """Secret values known before any deploy: the environment's and every env file's."""
     masker = Masker()
     masker.add(os.environ)
+    masker.add(settings.variables)
     for env_file in {*settings.envs.values(), *([settings.env_file] if settings.env_file else [])}:
         try:
             masker.add(load_env(env_file))
@@ -143,6 +147,8 @@ def pytest_keyboard_interrupt(excinfo: pytest.ExceptionInfo[BaseException]) -> N
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:
+    if _HEARTBEAT in config.stash:
+        waiting.set_heartbeat(config.stash[_HEARTBEAT])
     previous = config.stash.get(_PREVIOUS_SIGTERM, None)
     if previous is not None:
         signal.signal(signal.SIGTERM, previous)
@@ -241,12 +247,20 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int | pytest.ExitC
     if add_suite_property is not None:
         for name, value in suite_properties(facts):
             add_suite_property(name, masker(value))
+    text = masker(render(facts))
+    summary = os.environ.get("GITHUB_STEP_SUMMARY")  # a GitHub Actions job's summary page
+    if summary:
+        try:
+            with open(summary, "a", encoding="utf-8") as page:
+                page.write(text + "\n")
+        except OSError as exc:
+            lifecycle.note(f"report NOT added to the job summary {summary}: {exc}")
     path = lifecycle.settings.report
     if path is None:
         return
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(masker(render(facts)), encoding="utf-8")
+        path.write_text(text, encoding="utf-8")
         config.stash[_REPORT_OUTCOME] = f"report written to {path}"
     except OSError as exc:
         config.stash[_REPORT_OUTCOME] = f"report NOT written to {path}: {exc}"

@@ -160,6 +160,7 @@ class RunFacts:
     stacks: Sequence[StackRow] = ()
     timings: Sequence[Timing] = ()
     notes: Sequence[str] = ()
+    variables: Sequence[tuple[str, str]] = ()  # --swarm-set, over every env file's
     profile: str = ""  # the requirement profile's name ("" for none)
     requirements: Sequence[tuple[str, str]] = ()  # its (id, title) pairs
 
@@ -207,6 +208,7 @@ def facts_of(lifecycle: SwarmLifecycle, checks: Checks, exit: str) -> RunFacts:
         ],
         timings=list(lifecycle.timings),
         notes=list(lifecycle.summary),
+        variables=sorted(lifecycle.settings.variables.items()),
         profile=lifecycle.profile.name if lifecycle.profile else "",
         requirements=lifecycle.requirement_titles(),
     )
@@ -261,6 +263,11 @@ def render(facts: RunFacts) -> str:
                 ("provider", facts.provider),
                 ("cluster", facts.cluster or "none brought up"),
                 ("pytest exit", facts.exit),
+                *(
+                    [("variables set", ", ".join(f"{k}={v}" for k, v in facts.variables))]
+                    if facts.variables
+                    else []
+                ),
             ],
         ),
         "",
@@ -317,6 +324,7 @@ def suite_properties(facts: RunFacts) -> list[tuple[str, str]]:
         ("swarm_env", facts.env or "-"),
         ("swarm_provider", facts.provider),
         ("swarm_cluster", facts.cluster or "none brought up"),
+        *([("swarm_set", ", ".join(f"{k}={v}" for k, v in facts.variables))] if facts.variables else []),
     ]
     props += [
         (f"swarm_node_{n.name}", f"{n.role}, {n.state}, engine {n.engine}, address {n.address}")

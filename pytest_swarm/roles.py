@@ -39,7 +39,7 @@ def find_roles(
         by_image = [
             s for s, spec in services.items() if image_name(str(spec.get("image") or "")).lower() in wanted
         ]
-        found[role] = sorted(set(by_name) | set(by_image))
+        found[role] = sorted(by_name or by_image)  # a service named so wins over a shared image
     return found
 
 

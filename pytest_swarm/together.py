@@ -67,13 +67,23 @@ def interrupt_all() -> None:
 class Together(Generic[K, T]):
     """Operations keyed by what they touch, all started at once; ``outcome(key)`` waits for one."""
 
-    def __init__(self, operations: Mapping[K, Callable[[], T]], name: str = "swarm") -> None:
+    def __init__(
+        self, operations: Mapping[K, Callable[[], T]], name: str = "swarm", start: bool = True
+    ) -> None:
+        """``start=False``: the operations start with ``start()``, once whatever they use of the
+        object that holds this one (its ``sleep``, say) is in place."""
         self._stop = threading.Event()
+        self._operations = dict(operations)
         self._pool = ThreadPoolExecutor(max_workers=max(len(operations), 1), thread_name_prefix=name)
-        self._futures: dict[K, Future[Outcome[T]]] = {
-            key: self._pool.submit(timed, operation) for key, operation in operations.items()
-        }
+        self._futures: dict[K, Future[Outcome[T]]] = {}
         _LIVE.add(self)
+        if start:
+            self.start()
+
+    def start(self) -> None:
+        for key, operation in self._operations.items():
+            if key not in self._futures:
+                self._futures[key] = self._pool.submit(timed, operation)
 
     def __contains__(self, key: object) -> bool:
         return key in self._futures

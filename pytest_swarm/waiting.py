@@ -3,6 +3,8 @@
 A probe returns a ``Poll``: whether the awaited state is reached, and a short description of
 the state seen, so a timeout says desired vs actual instead of just "timed out". Transient
 errors (an engine restarting, a socket not yet there) are retried and named in the message.
+A long wait is not silent: every ``HEARTBEAT`` seconds it tells the run's heartbeat (the
+terminal, once the plugin set it) what it awaits and what it saw last.
 """
 
 from __future__ import annotations
@@ -17,6 +19,21 @@ import tenacity
 from .errors import ConvergenceTimeout
 
 T = TypeVar("T")
+HEARTBEAT = 10.0  # seconds between two lines about one wait
+
+
+def _silent(_line: str) -> None:
+    return None
+
+
+_heartbeat: list[Callable[[str], None]] = [_silent]
+
+
+def set_heartbeat(write: Callable[[str], None]) -> Callable[[str], None]:
+    """Where long waits say how they stand (the plugin gives its progress lines); returns the
+    previous one, to put back."""
+    previous, _heartbeat[0] = _heartbeat[0], write
+    return previous
 
 
 @dataclass(frozen=True)
@@ -45,17 +62,23 @@ def wait_for(
         ConvergenceTimeout: after ``timeout`` seconds, naming ``what``, the last state seen,
             the last transient error and ``hint``.
     """
-    deadline = clock() + timeout
+    started = clock()
+    deadline = started + timeout
     last: list[Poll[T]] = []
     errors: list[BaseException] = []
+    beat = [started]
 
     def attempt() -> Poll[T]:
         try:
             poll = probe()
         except transient as exc:
             errors.append(exc)
-            return Poll(False, f"{type(exc).__name__}: {exc}")
-        last.append(poll)
+            poll = Poll(False, f"{type(exc).__name__}: {exc}")
+        else:
+            last.append(poll)
+        if not poll.done and clock() - beat[0] >= HEARTBEAT:
+            beat[0] = clock()
+            _heartbeat[0](f"{what}: {beat[0] - started:.0f} s of {timeout:g} s: {poll.state}")
         return poll
 
     retrying = tenacity.Retrying(

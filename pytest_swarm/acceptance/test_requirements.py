@@ -14,7 +14,8 @@ import pytest
 
 from pytest_swarm.errors import StackError
 from pytest_swarm.lifecycle import lifecycle_of
-from pytest_swarm.requirements import Declared, Requirement
+from pytest_swarm.requirements import Requirement
+from pytest_swarm.rules import Declared
 from pytest_swarm.stack import render
 
 

@@ -34,6 +34,7 @@ from pytest_swarm.together import EARLY, Together, remove_all, selected_params, 
 RESTARTS = "test_failures_are_restarted_up_to_max_attempts_with_the_delay"
 CLEAN = "test_a_clean_exit_is_not_restarted_on_failure"
 MARGIN = 1.0  # seconds past delay + the slowest start seen, in which no further run may start
+WINDOW_QUIET = 10.0  # the same, for a policy with a window (a restart can come after a slow start)
 EXIT_CODES = {RESTARTS: 3, CLEAN: 0}
 
 
@@ -148,7 +149,9 @@ class Crashers:
                 for service in services
             },
             name="restart",
+            start=False,
         )
+        self.together.start()  # the operations use self.together
 
     def watch(self, test: str, service: str) -> Watched:
         policy = declared.restart_policy(self.main.declared(service))
@@ -177,8 +180,10 @@ class Crashers:
             runs = log.look()
             # Stopped: no further run within the delay and the slowest start seen, plus a margin.
             slowest = max([0.0, *(b.started - a.ended - policy.delay for a, b in pairwise(runs))])
+            # with a window it may stop at any run: only a long silence says it did
+            quiet = policy.delay + slowest + (MARGIN if policy.window <= 0 else WINDOW_QUIET)
             enough = len(runs) >= expected or policy.window > 0
-            stopped = bool(runs) and enough and time.time() > runs[-1].ended + policy.delay + slowest + MARGIN
+            stopped = bool(runs) and enough and time.time() > runs[-1].ended + quiet
         runs = log.look()
         why = f"restart delay {policy.delay:g} s x {len(runs)} (no run after the last)"
         waits = [(policy.delay * max(len(runs), 1), why)]

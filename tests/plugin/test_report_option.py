@@ -124,6 +124,23 @@ def test_secrets_are_masked_in_the_report_and_junit_properties(project: pytest.P
     assert not [v for v in values if SECRET in v or TOKEN in v]
 
 
+def test_set_variables_are_in_the_report_with_secret_values_masked(project: pytest.Pytester) -> None:
+    _, report, junit = run(project, "--swarm-set=POST_REPLICAS=1,API_TOKEN=set-token-9f2")
+    assert "| variables set | API_TOKEN=***, POST_REPLICAS=1 |" in report.splitlines()
+    suite = {p.get("name"): p.get("value") for p in junit.iter("property")}
+    assert suite["swarm_set"] == "API_TOKEN=***, POST_REPLICAS=1"
+
+
+def test_the_report_is_added_to_a_github_job_summary(
+    project: pytest.Pytester, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    page = project.path / "summary.md"
+    page.write_text("# earlier step\n")
+    monkeypatch.setenv("GITHUB_STEP_SUMMARY", str(page))
+    _, report, _ = run(project)
+    assert page.read_text() == "# earlier step\n" + report + "\n"
+
+
 def test_progress_lines_and_summary_are_masked(project: pytest.Pytester) -> None:
     project.makepyfile(
         test_suite=f"""

@@ -149,7 +149,8 @@ def facts(**overrides: Any) -> RunFacts:
 
 
 def test_render_has_each_section() -> None:
-    lines = render(facts()).splitlines()
+    lines = render(facts(variables=[("POST_REPLICAS", "1"), ("API_TOKEN", "t0k3n-value")])).splitlines()
+    assert "| variables set | POST_REPLICAS=1, API_TOKEN=t0k3n-value |" in lines  # the caller masks
     assert lines[0] == "# pytest-swarm: FAILED (1 passed, 1 failed)"
     assert "| env | dev |" in lines
     assert "| cluster | b68b3f22, ready in 1.6 s |" in lines

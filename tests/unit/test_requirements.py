@@ -10,9 +10,11 @@ from typing import Any
 import pytest
 import yaml
 
+from pytest_swarm.errors import ProfileError
 from pytest_swarm.placement import NodeFacts
-from pytest_swarm.requirements import Declared, Profile, ProfileError, load_profile, parse_profile
+from pytest_swarm.requirements import Profile, load_profile, parse_profile
 from pytest_swarm.roles import find_roles
+from pytest_swarm.rules import Declared
 
 LESSON = load_profile("lesson", Path("."))
 NODES = [
@@ -266,9 +268,12 @@ def test_roles_are_found_by_service_or_image_name() -> None:
             "post-service": {"image": "team/post-py:2.1"},
             "db": {"image": "mongo:7.0"},
             "metrics": {"image": "prom/node-exporter:v1.5.0"},
+            "web": {"image": "shop/web:1"},
+            "worker": {"image": "shop/web:1"},
         }
     }
-    roles = find_roles(model, LESSON.roles if LESSON else {}, {"comment": "a,b"})
+    roles = find_roles(model, {**(LESSON.roles if LESSON else {}), "web": ("web",)}, {"comment": "a,b"})
+    assert roles["web"] == ["web"]  # the service named so, not every service on its image
     assert roles["post"] == ["post-service"]
     assert roles["mongo"] == ["db"]
     assert roles["node-exporter"] == ["metrics"]

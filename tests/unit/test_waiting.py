@@ -1,7 +1,7 @@
 import pytest
 
 from pytest_swarm.errors import ConvergenceTimeout
-from pytest_swarm.waiting import Poll, wait_for
+from pytest_swarm.waiting import Poll, set_heartbeat, wait_for
 
 
 class FakeClock:
@@ -78,3 +78,25 @@ def test_other_errors_propagate_at_once() -> None:
     with pytest.raises(KeyError):
         wait_for(lambda: {}["x"], what="x", timeout=5, clock=clock, sleep=clock.sleep)
     assert clock.now == 0.0
+
+
+def test_a_long_wait_says_how_it_stands_every_ten_seconds() -> None:
+    clock = FakeClock()
+    lines: list[str] = []
+    previous = set_heartbeat(lines.append)
+    try:
+        counts = iter(range(100))
+        wait_for(
+            lambda: Poll((n := next(counts)) >= 25, f"post {n % 3}/3"),
+            what="stack DEV converged",
+            timeout=60,
+            interval=1,
+            clock=clock,
+            sleep=clock.sleep,
+        )
+    finally:
+        set_heartbeat(previous)
+    assert lines == [
+        "stack DEV converged: 10 s of 60 s: post 1/3",
+        "stack DEV converged: 20 s of 60 s: post 2/3",
+    ]
