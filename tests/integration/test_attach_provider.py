@@ -22,13 +22,13 @@ import docker
 import pytest
 
 from pytest_swarm.errors import ProvisioningError
-from pytest_swarm.images import prepare_images
+from pytest_swarm.images import prepare_stack_images
 from pytest_swarm.ownership import Session
 from pytest_swarm.providers.attach import FIXED_NODES, AttachProvider
 from pytest_swarm.providers.base import ProviderRun
 from pytest_swarm.providers.dind import DindProvider
-from pytest_swarm.settings import Settings, available_envs, resolve
-from pytest_swarm.stack import StackSource, render, service_images
+from pytest_swarm.settings import Settings, resolve
+from pytest_swarm.stack import StackSource, render
 
 ROOT = Path(__file__).resolve().parents[2]
 SUITE_TIMEOUT = 2400  # seconds the whole acceptance suite may take through attach
@@ -159,9 +159,9 @@ def stack_images(engine: docker.DockerClient) -> list[str]:
         {}, {}, {"build": ini.get("swarm_build"), "offline_images": ini.get("swarm_offline_images")}, ROOT
     )
     refs: set[str] = set()
-    for env in available_envs(settings.envs_dir):
-        model = render(StackSource(env, settings.envs_dir / f"{env}.env", settings.stacks))
-        plan = prepare_images(engine, service_images(model), settings.build, settings.offline_images)
+    for env, env_file in settings.envs.items():
+        model = render(StackSource(env, env_file, settings.stacks))
+        plan = prepare_stack_images(engine, model, settings.build, settings.offline_images)
         refs.update(plan.refs)
     return sorted(refs)
 
