@@ -27,7 +27,9 @@ import docker
 
 from pytest_swarm import images
 from pytest_swarm.ownership import Session
+from pytest_swarm.providers.base import ProviderRun
 from pytest_swarm.providers.dind import NODE_RECIPE, NODE_REPO, DindProvider
+from pytest_swarm.settings import Settings
 
 NAMES = ["master-1", "worker-1", "worker-2"]
 
@@ -113,14 +115,11 @@ def floor_once(client: docker.DockerClient, image: str) -> float:
 
 
 def provider(client: docker.DockerClient, session: Session | None = None) -> DindProvider:
+    settings = Settings(
+        rootdir=Path.cwd(), workers=2, node_labels={"master-1": {"reliability": "high"}}, timeout=60
+    )
     return DindProvider(
-        session or Session.new(),
-        workers=2,
-        node_labels={"master-1": {"reliability": "high"}},
-        engine_labels={},
-        timeout=60,
-        progress=lambda _m: None,
-        client=client,
+        ProviderRun(settings, session or Session.new(), lambda _m: None, local=lambda: client)
     )
 
 

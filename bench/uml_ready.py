@@ -27,7 +27,11 @@ import docker
 
 from pytest_swarm import images, mesh
 from pytest_swarm.ownership import Session
-from pytest_swarm.providers import uml
+from pytest_swarm.providers import uml_disk
+from pytest_swarm.providers.base import ProviderRun
+from pytest_swarm.providers.uml import UmlProvider
+from pytest_swarm.providers.uml_host import missing_requirements
+from pytest_swarm.settings import Settings
 from pytest_swarm.stack import StackSource, deploy, render, service_images
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -58,29 +62,25 @@ def stack_images(client: docker.DockerClient, env: str) -> tuple[StackSource, li
 
 def fresh_disks(client: docker.DockerClient, refs: list[str]) -> tuple[float, float, int]:
     """Both disks built from nothing into a temporary cache: (base s, images s, images MiB)."""
-    saved = uml.CACHE_ROOT
+    saved = uml_disk.CACHE_ROOT
     with tempfile.TemporaryDirectory(prefix="uml-bench-cache-", dir="/var/tmp") as tmp:
-        uml.CACHE_ROOT = Path(tmp)
+        uml_disk.CACHE_ROOT = Path(tmp)
         try:
             timings: dict[str, float] = {}
-            base = uml.base_disk(print, timings)
-            disk = uml.images_disk(base, refs, client, print, timings)
+            base = uml_disk.base_disk(print, timings)
+            disk = uml_disk.images_disk(base, refs, client, print, timings)
             used = disk.stat().st_blocks * 512 // 2**20
         finally:
-            uml.CACHE_ROOT = saved
+            uml_disk.CACHE_ROOT = saved
     return timings["base_disk"], timings["images_disk"], used
 
 
-def make(client: docker.DockerClient, refs: list[str]) -> uml.UmlProvider:
-    return uml.UmlProvider(
-        Session.new(),
-        workers=2,
-        node_labels={"master-1": {"reliability": "high"}},
-        engine_labels={},
-        timeout=180,
-        progress=lambda _m: None,
-        client=client,
-        preload=refs,
+def make(client: docker.DockerClient, refs: list[str]) -> UmlProvider:
+    settings = Settings(
+        rootdir=ROOT, workers=2, node_labels={"master-1": {"reliability": "high"}}, timeout=180
+    )
+    return UmlProvider(
+        ProviderRun(settings, Session.new(), lambda _m: None, local=lambda: client, preload=refs)
     )
 
 
@@ -88,7 +88,7 @@ def mib(value: float) -> str:
     return f"{value / 2**20:.0f}"
 
 
-def memory_line(provider: uml.UmlProvider) -> str:
+def memory_line(provider: UmlProvider) -> str:
     per = {n: provider.memory(n) for n in NAMES}
     nodes = ", ".join(f"{n} {mib(m['host'])}" for n, m in per.items())
     return (
@@ -106,7 +106,7 @@ def main() -> None:
     parser.add_argument("--no-fresh-disks", action="store_true", help="don't time disk builds from nothing")
     parser.add_argument("--no-stack", action="store_true", help="don't deploy the stack after Ready")
     args = parser.parse_args()
-    reason = uml.missing_requirements()
+    reason = missing_requirements()
     if reason:
         raise SystemExit(reason)
     client = docker.from_env(timeout=300)
@@ -119,7 +119,7 @@ def main() -> None:
               f"({used} MiB on disk)")  # fmt: skip
     # Warm the real cache (not timed): rounds measure boot-to-Ready only.
     timings: dict[str, float] = {}
-    uml.images_disk(uml.base_disk(print, timings), refs, client, print, timings)
+    uml_disk.images_disk(uml_disk.base_disk(print, timings), refs, client, print, timings)
     readies: list[float] = []
     walls: list[float] = []
     for round_ in range(1, args.rounds + 1):

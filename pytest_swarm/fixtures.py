@@ -166,9 +166,8 @@ def swarm_node_control(request: pytest.FixtureRequest, swarm_provider: Provider)
     (attach: the swarm is someone else's). What the suites started early (stacks of their own,
     side-by-side envs) finishes first: a node leaving mid-way would change what they watch.
     """
-    if not getattr(swarm_provider, "can_change_nodes", True):
-        default = f"the {swarm_provider.name} provider can't change nodes"
-        pytest.skip(str(getattr(swarm_provider, "fixed_nodes_reason", default)))
+    if not swarm_provider.can_change_nodes:
+        pytest.skip(swarm_provider.fixed_nodes_reason)
     wait_early(request.config)  # what the suites started early finishes before nodes change
     return swarm_provider
 

@@ -6,7 +6,7 @@ summary reads what it recorded.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -16,11 +16,11 @@ import pytest
 from .cluster import Cluster, Node
 from .errors import ConvergenceTimeout, ProvisioningError, StackError, SwarmError
 from .images import prepare_stack_images
-from .ownership import Session, forget_kept, read_kept, remove_run_dir, run_root, write_kept
+from .ownership import Session, forget_kept, read_kept, run_root, write_kept
 from .placement import missing_labels
-from .providers.base import Provider
-from .providers.dind import DindProvider, local_engine, remove_session
-from .providers.dind import sweep as sweep_dind
+from .providers.base import Provider, ProviderRun
+from .providers.engines import local_engine
+from .providers.registry import NAMES, provider_class
 from .requirements import Profile, load_profile
 from .roles import find_roles
 from .runs import RecordedRun, find_run
@@ -29,8 +29,6 @@ from .stack import DeployedStack, StackSource, deploy, render
 from .timing import Timing
 
 Progress = Callable[[str], None]
-# Providers whose nodes this run makes, engine labels included (swarm_engine_labels).
-LOCAL_NODES = ("dind", "uml")
 LIFECYCLE = pytest.StashKey["SwarmLifecycle"]()
 
 
@@ -98,50 +96,20 @@ class SwarmLifecycle:
         """The cluster of this run if one was brought up or reattached (still set once removed)."""
         return self._cluster
 
-    def _provider(self, session: Session, preload: list[str] | None = None) -> Provider:
-        s = self.settings
-        common: dict[str, Any] = {
-            "workers": s.workers,
-            "node_labels": s.node_labels,
-            "engine_labels": s.engine_labels,
-            "timeout": s.timeout,
-            "progress": self.progress,
-            "client": self.local,
-        }
-        if s.provider == "uml":
-            from .providers.uml import UmlProvider  # only a uml run needs it
-
-            return UmlProvider(session, preload=preload or [], **common)
-        if s.provider == "attach":
-            from .providers.attach import AttachProvider
-
-            return AttachProvider(
-                session,
-                context=s.context,
-                nodes=s.attach_nodes,
-                node_labels=s.node_labels,
-                labels_given=s.sources.get("node_labels", "default") != "default",
-                timeout=s.timeout,
-                progress=self.progress,
-                preload=preload or [],
-            )
-        if s.provider == "machine":
-            from .providers.machine import MachineProvider
-
-            return MachineProvider(session, settings=s, progress=self.progress, client=self.local)
-        return DindProvider(session, **common)
+    def _provider(self, session: Session, preload: Sequence[str] = ()) -> Provider:
+        run = ProviderRun(self.settings, session, self.progress, local=lambda: self.local, preload=preload)
+        return provider_class(self.settings.provider)(run)
 
     def _up(self) -> Cluster:
-        # uml bakes them into node disks; attach checks them on the nodes before any suite runs.
-        preload = self._images_to_preload() if self.settings.provider in ("uml", "attach") else None
-        provider = self._provider(self.session, preload)
+        kind = provider_class(self.settings.provider)
+        provider = self._provider(self.session, self._images_to_preload() if kind.preloads_images else ())
         self.provider = provider
         self.progress(f"provisioning {self.settings.provider}: master-1 + {self.settings.workers} workers")
         return provider.up()
 
     def _images_to_preload(self) -> list[str]:
-        """Every image the run's stacks need, built before the nodes boot: a UML node's disk gets
-        them baked in (loading into a running UML node is slow)."""
+        """Every image the run's stacks need, built before the nodes boot, for a provider that
+        ``preloads_images`` (uml bakes them into node disks; attach checks them on the nodes)."""
         if self.settings.env is None:
             return []
         plan = prepare_stack_images(
@@ -244,16 +212,14 @@ class SwarmLifecycle:
 
     def check_labels(self) -> None:
         """Name, before anything is deployed, each constraint on a label that no node of the
-        cluster to come carries (the labels are this run's to give: swarm_node_labels, and for
-        the local providers swarm_engine_labels): no task of that service could ever start.
+        cluster to come carries (the label kinds the provider ``gives_labels``: swarm_node_labels,
+        and where its nodes are this run's own, swarm_engine_labels): no task of that service could
+        ever start.
 
         Raises:
             StackError: naming each service, constraint and the ini line that sets the label.
         """
-        # an attached swarm's labels are its own: what it lacks is a finding of the checks
-        kinds = [] if self.settings.provider == "attach" else ["node"]
-        if self.settings.provider in LOCAL_NODES:
-            kinds.append("engine")
+        kinds = list(provider_class(self.settings.provider).gives_labels)
         services = {
             name: (spec.get("deploy") or {}).get("placement", {}).get("constraints") or []
             for name, spec in (self.declared_model().get("services") or {}).items()
@@ -319,7 +285,7 @@ class SwarmLifecycle:
                 f"reuse it with --swarm-reuse; remove it with: pytest-swarm down {self.session.id}"
             )
             return
-        if not getattr(self.provider, "owns_swarm", True) and self._cluster is not None:
+        if not self.provider.owns_swarm and self._cluster is not None:
             self._remove_stacks()  # the swarm stays: what this run deployed on it goes
         self.provider.down()
         forget_kept(self.session.id, s.rootdir)
@@ -371,19 +337,7 @@ def _refuse_if_in_use(run: RecordedRun) -> None:
 
 def _remove(session_id: str, provider: str, rootdir: Path | None) -> None:
     """Remove what the run recorded as ``session_id`` made, by its provider's record, and forget it."""
-    if provider == "uml":
-        from .providers import uml
-
-        problems = uml.remove_session(session_id)
-    elif provider == "attach":
-        problems = []  # an attached swarm is someone else's: only the record goes
-        remove_run_dir(session_id)
-    elif provider == "machine":
-        from .providers import machine
-
-        problems = machine.remove_session(session_id)
-    else:
-        problems = remove_session(local_engine(), session_id)
+    problems = provider_class(provider).remove_session(session_id, local_engine)
     forget_kept(session_id, rootdir)
     if problems:
         raise ProvisioningError(
@@ -396,13 +350,7 @@ def sweep_leftovers(progress: Progress) -> list[str]:
     """Remove what earlier runs on this machine left: runs whose pytest process is gone and whose
     cluster was not kept (dind containers, UML kernels and links, machines they created), each by
     its run's own record. Returns the sessions swept."""
-    from .providers import machine, uml
-
-    swept = uml.sweep(progress) + machine.sweep(progress)
-    try:
-        client = local_engine()
-    except SwarmError as exc:
-        progress(f"dind: no local engine to sweep ({exc})")
-    else:
-        swept += sweep_dind(client, progress)
+    swept: list[str] = []
+    for name in NAMES:
+        swept += provider_class(name).sweep(progress, local_engine)
     return swept

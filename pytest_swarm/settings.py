@@ -16,9 +16,8 @@ from typing import Any
 from . import compose, envfiles
 from .errors import StackError
 from .placement import NodeFacts
+from .providers.registry import NAMES as PROVIDERS
 
-PROVIDERS = ("dind", "uml", "machine", "attach")
-AVAILABLE_PROVIDERS = ("dind", "uml", "machine", "attach")
 KEEP_CHOICES = ("never", "on-failure", "always")
 # Tried in the project folder, in this order, when --swarm-stacks is not given (compose's own names).
 COMPOSE_NAMES = ("compose.yaml", "compose.yml", "docker-compose.yaml", "docker-compose.yml")
@@ -260,10 +259,6 @@ def resolve(
         return p if p.is_absolute() else rootdir / p
 
     provider = _choice("provider", text("provider"), PROVIDERS)
-    if provider not in AVAILABLE_PROVIDERS:
-        raise SettingsError(
-            f"--swarm-provider={provider} is not available yet; available: {', '.join(AVAILABLE_PROVIDERS)}"
-        )
     stacks = tuple(path(p) for p in items("stacks")) or _default_stacks(rootdir)
     patterns = tuple(_env_pattern(p) for p in items("env_files"))
     envs = envfiles.find_envs(rootdir, patterns, exclude=compose.referenced_env_files(stacks))

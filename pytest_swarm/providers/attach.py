@@ -10,130 +10,52 @@ only what this run put there (node labels it added, probe containers).
 
 from __future__ import annotations
 
-import json
 import os
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from typing import TYPE_CHECKING, ClassVar
 
 import docker
 import docker.errors
-import docker.tls
 import testinfra
 
 from .. import images
 from ..capabilities import IPVS, IPVS_PROBE
 from ..cluster import Cluster, Node
-from ..commands import TLS_CERT_PATHS, docker_cli, run
-from ..errors import CommandError, EngineUnreachable, ProvisioningError
-from ..ownership import Session
-from .base import API_VERSION, TRANSIENT, engine_client, wait_ready
+from ..commands import TLS_CERT_PATHS
+from ..errors import EngineUnreachable, ProvisioningError
+from ..ownership import remove_run_dir
+from .base import LocalEngine, Provider, ProviderRun, wait_ready
+from .engines import TRANSIENT, Endpoint, endpoint_of, engine_client, tls_config
 
 FIXED_NODES = "the attach provider cannot add nodes to an existing swarm"
 PROBE_TRIES = 3  # images tried for the engine-side IPVS probe (one without a shell is skipped)
 
 
-@dataclass(frozen=True)
-class Endpoint:
-    """Where the manager's API answers, and how to talk to it."""
-
-    url: str
-    tls: docker.tls.TLSConfig | None
-    source: str  # "DOCKER_HOST", "context NAME", "the default socket"
-    cert_path: str = ""  # the folder of the TLS files, for docker CLI calls
-
-
-def endpoint_of(context: str, environ: Mapping[str, str]) -> Endpoint:
-    """The manager endpoint: ``context`` (or DOCKER_CONTEXT) when given, else DOCKER_HOST."""
-    context = context or environ.get("DOCKER_CONTEXT", "")
-    if context and context != "default":
-        return context_endpoint(context, environ)
-    host = environ.get("DOCKER_HOST", "")
-    if not host:
-        return Endpoint("unix:///var/run/docker.sock", None, "the default socket (no DOCKER_HOST)")
-    tls, cert_path = None, ""
-    if environ.get("DOCKER_TLS_VERIFY", "") not in ("", "0") or host.startswith("https://"):
-        cert_path = environ.get("DOCKER_CERT_PATH") or os.path.expanduser("~/.docker")
-        tls = tls_config(cert_path, verify=True)
-    return Endpoint(host.replace("https://", "tcp://", 1), tls, "DOCKER_HOST", cert_path)
-
-
-def tls_config(cert_path: str, verify: bool) -> docker.tls.TLSConfig:
-    files = {name: os.path.join(cert_path, name) for name in ("ca.pem", "cert.pem", "key.pem")}
-    missing = [path for path in files.values() if not os.path.isfile(path)]
-    if missing:
-        raise ProvisioningError(
-            f"TLS is asked for but {', '.join(missing)} is missing; set DOCKER_CERT_PATH to the folder "
-            "holding ca.pem, cert.pem and key.pem (docker-machine env prints it)"
-        )
-    return docker.tls.TLSConfig(
-        client_cert=(files["cert.pem"], files["key.pem"]),
-        ca_cert=files["ca.pem"] if verify else None,
-        verify=files["ca.pem"] if verify else False,
-    )
-
-
-def context_endpoint(name: str, environ: Mapping[str, str]) -> Endpoint:
-    """``docker context inspect NAME``: its docker endpoint and TLS material."""
-    env = {k: v for k, v in environ.items() if k not in ("DOCKER_HOST", "DOCKER_CONTEXT")}
-    try:
-        found = json.loads(run([docker_cli(), "context", "inspect", name], timeout=30, env=env))
-    except CommandError as exc:
-        raise ProvisioningError(
-            f"--swarm-context={name}: {exc}; list the contexts with `docker context ls`"
-        ) from exc
-    try:
-        docker_endpoint = found[0]["Endpoints"]["docker"]
-        url = str(docker_endpoint["Host"])
-    except (LookupError, TypeError) as exc:
-        raise ProvisioningError(
-            f"--swarm-context={name}: `docker context inspect` shows no docker endpoint"
-        ) from exc
-    tls, cert_path = None, ""
-    tls_path = str((found[0].get("Storage") or {}).get("TLSPath") or "")
-    if tls_path and os.path.isdir(os.path.join(tls_path, "docker")):
-        cert_path = os.path.join(tls_path, "docker")
-        tls = tls_config(cert_path, verify=not docker_endpoint.get("SkipTLSVerify"))
-    return Endpoint(url, tls, f"context {name}", cert_path)
-
-
-def client_for(url: str, tls: docker.tls.TLSConfig | None = None) -> docker.DockerClient:
-    if tls is None:
-        return engine_client(url)
-    return docker.DockerClient(base_url=url, version=API_VERSION, timeout=120, tls=tls)
-
-
 class AttachProvider:
     """An existing swarm: read, deployed to, probed; never resized or removed."""
 
-    name = "attach"
+    name: ClassVar[str] = "attach"
     # someone else's swarm: nothing but the stacks goes on it (and its nodes get no image copied)
-    joins_networks_first = False
-    can_change_nodes = False
-    fixed_nodes_reason = FIXED_NODES
-    owns_swarm = False  # the lifecycle removes the stacks it deployed; the swarm stays
+    owns_swarm: ClassVar[bool] = False  # the lifecycle removes the stacks it deployed; the swarm stays
+    can_change_nodes: ClassVar[bool] = False
+    fixed_nodes_reason: ClassVar[str] = FIXED_NODES
+    joins_networks_first: ClassVar[bool] = False
+    preloads_images: ClassVar[bool] = True  # checked on the nodes before any suite runs
+    gives_labels: ClassVar[tuple[str, ...]] = ()  # the swarm's labels are its own: a finding
 
-    def __init__(
-        self,
-        session: Session,
-        *,
-        context: str,
-        nodes: Mapping[str, Mapping[str, str]],
-        node_labels: Mapping[str, Mapping[str, str]],
-        labels_given: bool,
-        timeout: float,
-        progress: images.Progress,
-        preload: Sequence[str] = (),
-        environ: Mapping[str, str] | None = None,
-    ) -> None:
-        self.session = session
-        self.context = context
-        self.overrides = nodes
-        self.node_labels = node_labels
-        self.labels_given = labels_given
-        self.timeout = timeout
-        self.progress = progress
-        self.preload = list(preload)
+    def __init__(self, run: ProviderRun, *, environ: Mapping[str, str] | None = None) -> None:
+        """``environ`` (default: the process's) is where DOCKER_HOST and the TLS settings are read."""
+        settings = run.settings
+        self.session = run.session
+        self.context = settings.context
+        self.overrides = settings.attach_nodes
+        self.node_labels = settings.node_labels
+        # labels the user gave name nodes that must exist; the defaults (the lesson's) need not
+        self.labels_given = settings.sources.get("node_labels", "default") != "default"
+        self.timeout = settings.timeout
+        self.progress = run.progress
+        self.preload = list(run.preload)
         self.environ = dict(os.environ if environ is None else environ)
         self.endpoint: Endpoint | None = None
         self.client: docker.DockerClient | None = None
@@ -148,7 +70,7 @@ class AttachProvider:
         endpoint = endpoint_of(self.context, self.environ)
         self.endpoint = endpoint
         try:
-            client = client_for(endpoint.url, endpoint.tls)
+            client = engine_client(endpoint.url, endpoint.tls)
             info = client.info()
         except (docker.errors.DockerException, *TRANSIENT) as exc:
             raise EngineUnreachable(
@@ -236,7 +158,7 @@ class AttachProvider:
         if url.startswith("tcp://") and self.environ.get("DOCKER_TLS_VERIFY", "") not in ("", "0"):
             tls = tls_config(self.environ.get("DOCKER_CERT_PATH") or os.path.expanduser("~/.docker"), True)
         try:
-            engine = client_for(url, tls)
+            engine = engine_client(url, tls)
             answered = str((engine.info().get("Swarm") or {}).get("NodeID", ""))
         except (docker.errors.DockerException, *TRANSIENT) as exc:
             raise ProvisioningError(
@@ -414,6 +336,17 @@ class AttachProvider:
                 self.client.close()
                 self.client = None
 
+    @classmethod
+    def remove_session(cls, session_id: str, local: LocalEngine) -> list[str]:
+        """The swarm is someone else's: only the run's record goes."""
+        remove_run_dir(session_id)
+        return []
+
+    @classmethod
+    def sweep(cls, progress: images.Progress, local: LocalEngine) -> list[str]:
+        """Nothing of an attached swarm is swept (a dead run's folder goes with dind's sweep)."""
+        return []
+
 
 def node_address(node: Node) -> str:
     """Status.Addr; a manager may report 0.0.0.0 there, then its ManagerStatus.Addr host part."""
@@ -461,3 +394,7 @@ def probe_ipvs_on_engine(
         if code in (0, 1):
             return code == 0, ""
     return None, f"the IPVS probe could not run in {', '.join(candidates)} (no sh?)"
+
+
+if TYPE_CHECKING:  # mypy holds the class to the contract the registry promises
+    _KIND: type[Provider] = AttachProvider

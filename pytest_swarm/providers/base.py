@@ -1,59 +1,112 @@
 """The provider contract, and the swarm formation every provider shares.
 
 A provider brings up (or attaches to) nodes whose engines it can reach; forming the swarm on
-them, labelling and waiting for readiness is the same everywhere, so it lives here.
+them, labelling and waiting for readiness is the same everywhere, so it lives here. Every
+provider is built the same way, ``Kind(ProviderRun(...))``, and found by name in
+``providers/registry.py``; what callers need to know of it is in ``Provider`` (no probing).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Collection, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol, TypeVar
+from typing import ClassVar, Protocol, TypeVar
 
 import docker
 import docker.errors
-import requests
 
 from .. import images
 from ..cluster import Cluster, Node
 from ..errors import ImageBuildError, ProvisioningError
+from ..ownership import Session
+from ..settings import Settings
 from ..waiting import Poll, wait_for
+from .engines import TRANSIENT, local_engine
 
 T = TypeVar("T")
 R = TypeVar("R")
-# What an engine throws while it is still starting or restarting.
-TRANSIENT = (docker.errors.APIError, requests.exceptions.ConnectionError, ConnectionError, OSError)
+LocalEngine = Callable[[], docker.DockerClient]
 
 
-# Engine 20.10's API: the oldest this project supports (service status needs it); newer engines
-# still speak it. Fixing it lets a client be made before its engine answers.
-API_VERSION = "1.41"
+@dataclass(frozen=True)
+class ProviderRun:
+    """What every provider is built from: the resolved settings and what the run has made.
 
+    Example:
+        ``DindProvider(ProviderRun(settings, Session.new(), print, local=lambda: client))``
+    """
 
-def engine_client(url: str) -> docker.DockerClient:
-    return docker.DockerClient(base_url=url, version=API_VERSION, timeout=120)
+    settings: Settings
+    session: Session
+    progress: images.Progress
+    # The local engine's client (images are built there; dind nodes run there), made on first
+    # use: a provider that needs none never asks for it.
+    local: LocalEngine = local_engine
+    # The images the run's stacks need, for a provider that ``preloads_images`` (else empty).
+    preload: Sequence[str] = field(default_factory=tuple)
 
 
 class Provider(Protocol):
-    """Brings up or attaches to swarm nodes. ``up`` returns once every node is Ready/Active."""
+    """Brings up or attaches to swarm nodes. ``up`` returns once every node is Ready/Active.
 
-    name: str
+    The class attributes say what the rest of the code may count on, before one is built.
+    """
+
+    name: ClassVar[str]
+    # down() removes the swarm and its nodes. False: the swarm is someone else's; down() takes
+    # back only what the run put on it, and the lifecycle removes the stacks the run deployed.
+    owns_swarm: ClassVar[bool]
+    # add_node, remove_node, stop_node and start_node work; else they raise, and tests that
+    # need them are skipped with ``fixed_nodes_reason``.
+    can_change_nodes: ClassVar[bool]
+    fixed_nodes_reason: ClassVar[str]
     # whether a new stack's nodes join its networks one by one first (pytest_swarm.network_join)
-    joins_networks_first: bool
+    joins_networks_first: ClassVar[bool]
+    # wants the stack's images built before ``up`` (``ProviderRun.preload``): baked into node
+    # disks (uml), or checked on the nodes before any suite runs (attach)
+    preloads_images: ClassVar[bool]
+    # the label kinds ("node", "engine") the nodes it brings up carry as the settings say: a
+    # placement constraint on one of those that no node will carry is named before deploying
+    gives_labels: ClassVar[tuple[str, ...]]
+
+    def __init__(self, run: ProviderRun) -> None: ...
 
     def up(self) -> Cluster: ...
-    def attach(self, nodes: Sequence[str]) -> Cluster: ...
+    def attach(self, nodes: Sequence[str]) -> Cluster:
+        """Reach the nodes of a kept cluster again (``--swarm-reuse``); ``nodes`` from ``keep()``."""
+        ...
+
     def add_node(self, role: str = "worker", labels: Mapping[str, str] | None = None) -> str: ...
     def remove_node(self, name: str) -> None: ...
     def stop_node(self, name: str) -> None: ...
     def start_node(self, name: str) -> None: ...
     def load_images(self, refs: Sequence[str]) -> None: ...
     def address(self, node: str) -> str: ...
-    def host_spec(self, node: str) -> str: ...
-    def keep(self) -> dict[str, str]: ...
-    def down(self) -> None: ...
+    def host_spec(self, node: str) -> str:
+        """A testinfra backend URL running commands on ``node``; "" where there is none."""
+        ...
+
+    def keep(self) -> dict[str, str]:
+        """The record a later run reattaches by (``provider``, ``nodes``, ``DOCKER_HOST``)."""
+        ...
+
+    def down(self) -> None:
+        """Remove what this run made (all of it when ``owns_swarm``); idempotent."""
+        ...
+
+    @classmethod
+    def remove_session(cls, session_id: str, local: LocalEngine) -> list[str]:
+        """Remove what the run recorded as ``session_id`` made (kept, or left by a dead run), by
+        its own record, then its run folder; returns what could not be removed."""
+        ...
+
+    @classmethod
+    def sweep(cls, progress: images.Progress, local: LocalEngine) -> list[str]:
+        """Remove what earlier runs left (their owner is gone, their cluster not kept); returns
+        the sessions swept."""
+        ...
 
 
 @dataclass

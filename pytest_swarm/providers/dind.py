@@ -9,24 +9,22 @@ the test runner reaches every engine without a TCP port.
 
 from __future__ import annotations
 
-import os
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING, ClassVar
 
 import docker
 import docker.errors
 
 from .. import images
-from ..capabilities import probe_capabilities
 from ..cluster import Cluster
-from ..errors import EngineUnreachable, ProvisioningError, SwarmError
+from ..errors import SwarmError
 from ..ownership import (
     MACHINE_STATE_FILE,
     OWNER_LABEL,
     SESSION_LABEL,
     UML_STATE_FILE,
-    Session,
     cgroup_dirs,
     is_kept,
     owner_alive,
@@ -34,41 +32,14 @@ from ..ownership import (
     remove_run_dir,
     stale_run_dirs,
 )
-from .base import (
-    TRANSIENT,
-    Engine,
-    admit,
-    apply_node_labels,
-    copy_images,
-    engine_client,
-    forget,
-    form_swarm,
-    join_late,
-    leave,
-    new_node_name,
-    parallel,
-    wait_engine,
-    wait_ready,
-)
+from .base import Engine, LocalEngine, Provider, ProviderRun, copy_images, wait_engine
+from .engines import engine_client
+from .local_nodes import LocalNodes
 
 NODE_RECIPE = Path(__file__).parent / "dind_node"
 NODE_REPO = "pytest-swarm/node"
 NODE_MOUNT = "/pytest-swarm"
 ENGINE_TIMEOUT = 60.0
-
-
-def local_engine() -> docker.DockerClient:
-    """The engine the nodes run on (DOCKER_HOST or the default socket)."""
-    try:
-        client = docker.from_env(timeout=120)
-        client.ping()
-    except (docker.errors.DockerException, *TRANSIENT) as exc:
-        raise EngineUnreachable(
-            f"no Docker engine answers at {os.environ.get('DOCKER_HOST', 'unix:///var/run/docker.sock')} "
-            f"({type(exc).__name__}); start dockerd (e.g. apt-get install docker.io && dockerd &) "
-            "or set DOCKER_HOST"
-        ) from exc
-    return client
 
 
 def node_image(client: docker.DockerClient, progress: images.Progress) -> str:
@@ -81,45 +52,21 @@ def node_image(client: docker.DockerClient, progress: images.Progress) -> str:
     return ref
 
 
-class DindProvider:
+class DindProvider(LocalNodes):
     """Nodes master-1, worker-1..N as containers on a network of the session's own."""
 
-    name = "dind"
-    joins_networks_first = True
+    name: ClassVar[str] = "dind"
+    joins_networks_first: ClassVar[bool] = True
 
-    def __init__(
-        self,
-        session: Session,
-        *,
-        workers: int,
-        node_labels: Mapping[str, Mapping[str, str]],
-        engine_labels: Mapping[str, Mapping[str, str]],
-        timeout: float,
-        progress: images.Progress,
-        client: docker.DockerClient | None = None,
-    ) -> None:
-        self.session = session
-        self.workers = workers
-        self.node_labels = node_labels
-        self.engine_labels = engine_labels
-        self.timeout = timeout
-        self.progress = progress
-        self.client = client or local_engine()
-        self.network = session.prefix
-        self._engines: dict[str, Engine] = {}
-        self._images: set[str] = set()  # every image loaded so far: a new node gets them too
+    def __init__(self, run: ProviderRun) -> None:
+        super().__init__(run)
+        self.client = run.local()
+        self.network = self.session.prefix
         self._image = ""
-        self.cluster: Cluster | None = None
 
     # -- names and places -------------------------------------------------------------------
     def _container_name(self, node: str) -> str:
         return f"{self.session.prefix}-{node}"
-
-    def _node_dir(self, node: str) -> Path:
-        return self.session.run_dir / node
-
-    def socket_url(self, node: str) -> str:
-        return f"unix://{self._node_dir(node) / 'docker.sock'}"
 
     def _container(self, node: str) -> docker.models.containers.Container:
         return self.client.containers.get(self._container_name(node))
@@ -132,7 +79,8 @@ class DindProvider:
         """A testinfra backend URL that runs commands inside the node."""
         return f"docker://{self._container_name(node)}"
 
-    def dockerd_log_tail(self, node: str, lines: int = 15) -> str:
+    def log_tail(self, node: str, lines: int = 15) -> str:
+        """The end of the node's dockerd log."""
         try:
             text = (self._node_dir(node) / "dockerd.log").read_text(errors="replace")
         except OSError:
@@ -140,35 +88,13 @@ class DindProvider:
         return "\n".join(f"  {node}| {line}" for line in text.splitlines()[-lines:])
 
     # -- lifecycle ----------------------------------------------------------------------------
-    def up(self) -> Cluster:
-        """Start the nodes, form the swarm, label it; on any failure (or Ctrl-C) remove it all."""
+    def _prepare(self) -> float:
         started = time.monotonic()
-        try:
-            sweep(self.client, self.progress)
-            self._image = node_image(self.client, self.progress)
-            self.session.make_run_dir()
-            self.client.networks.create(self.network, driver="bridge", labels=self.session.labels)
-            names = ["master-1", *(f"worker-{i}" for i in range(1, self.workers + 1))]
-            parallel(self._start_node, names)
-            self.progress(f"{len(names)} node engines up ({time.monotonic() - started:.1f} s)")
-            form_swarm(self._engines["master-1"], [self._engines[n] for n in names[1:]])
-            self._wait_ready(names)
-            apply_node_labels(self._engines["master-1"].client, self.node_labels)
-            self.progress(f"swarm formed: master-1 Leader + {self.workers} workers")
-            manager = self._engines["master-1"]
-            self.cluster = Cluster(
-                provider=self.name,
-                client=manager.client,
-                manager_url=self.socket_url("master-1"),
-                addresses={n: self._engines[n].address for n in names},
-                engines={n: self._engines[n].client for n in names},
-            )
-            self.cluster.capabilities = probe_capabilities(self, names)
-            self.cluster.seconds_to_ready = time.monotonic() - started
-            return self.cluster
-        except BaseException:
-            self.down()
-            raise
+        sweep(self.client, self.progress)
+        self._image = node_image(self.client, self.progress)
+        self.session.make_run_dir()
+        self.client.networks.create(self.network, driver="bridge", labels=self.session.labels)
+        return started
 
     def attach(self, nodes: Sequence[str]) -> Cluster:
         """Reach the nodes of a kept cluster again (``--swarm-reuse``)."""
@@ -177,18 +103,8 @@ class DindProvider:
         for node in nodes:
             client = engine_client(self.socket_url(node))
             self._engines[node] = Engine(node, client, self.address(node))
-        manager = self._engines["master-1"]
         self._wait_ready(list(nodes))
-        self.cluster = Cluster(
-            provider=self.name,
-            client=manager.client,
-            manager_url=self.socket_url("master-1"),
-            addresses={n: e.address for n, e in self._engines.items()},
-            engines={n: e.client for n, e in self._engines.items()},
-        )
-        self.cluster.capabilities = probe_capabilities(self, list(nodes))
-        self.cluster.seconds_to_ready = time.monotonic() - started
-        return self.cluster
+        return self._cluster_of(list(nodes), started)
 
     def _start_node(self, node: str) -> Engine:
         node_dir = self._node_dir(node)
@@ -229,60 +145,17 @@ class DindProvider:
         self._engines[node] = engine
         return engine
 
-    def _engine_labels(self, node: str) -> dict[str, str]:
-        return {**self.engine_labels.get("*", {}), **self.engine_labels.get(node, {})}
-
     def _why_dead(self, container_id: str, node: str) -> str:
         state = self.client.api.inspect_container(container_id)["State"]
         if state["Running"]:
             return ""
-        return f"node container exited ({state['ExitCode']}); its dockerd log:\n{self.dockerd_log_tail(node)}"
-
-    def _wait_ready(self, names: Sequence[str]) -> None:
-        manager = self._engines["master-1"].client
-        hint = lambda late: "\n".join(self.dockerd_log_tail(n) for n in late)  # noqa: E731
-        wait_ready(manager, names, self.timeout, hint)
+        return f"node container exited ({state['ExitCode']}); its dockerd log:\n{self.log_tail(node)}"
 
     # -- nodes during a run ------------------------------------------------------------------
-    def add_node(self, role: str = "worker", labels: Mapping[str, str] | None = None) -> str:
-        """Start a new node (worker-N+1 or master-N+1) and join it; returns its name."""
-        if self.cluster is None:
-            raise ProvisioningError("add_node needs a running cluster (call up() first)")
-        name = new_node_name(role, self._engines)
-        try:
-            engine = self._start_node(name)
-            self.load_images(sorted(self._images))  # what the stacks run, before tasks land there
-            manager = self._engines["master-1"]
-            join_late(manager, engine, role, self.timeout)
-            self._wait_ready(list(self._engines))
-            if labels:
-                apply_node_labels(manager.client, {name: labels})
-            admit(self.cluster, name, engine, probe_capabilities(self, [name]))
-        except BaseException:
-            try:
-                self._forget(name)  # a node that did not join leaves nothing behind
-            except (docker.errors.DockerException, SwarmError) as exc:
-                self.progress(f"{name} did not join, and removing it failed too: {exc}")
-            raise
-        self.progress(f"node {name} joined as {role}")
-        return name
-
-    def remove_node(self, name: str) -> None:
-        """Leave the swarm, remove the node from the node list, and remove its container."""
-        if name == "master-1":
-            raise ProvisioningError("master-1 is the manager of this cluster and can't be removed")
-        manager = self._engines["master-1"].client
-        node_id = leave(manager, self._engines.pop(name))
-        self._remove_container(name)
-        forget(manager, self.cluster, name, node_id)
-
-    def _forget(self, name: str) -> None:
-        """Undo what a failed ``add_node`` made of ``name``: its swarm entry and its container."""
-        manager = self._engines["master-1"].client
-        engine = self._engines.pop(name, None)
-        node_id = leave(manager, engine) if engine is not None else None
-        self._remove_container(name)
-        forget(manager, self.cluster, name, node_id)
+    def _discard_node(self, node: str, engine: Engine | None) -> str:
+        """Remove the node's container, volume and cgroup folders."""
+        self._remove_container(node)
+        return ""
 
     def stop_node(self, name: str) -> None:
         """A node failure: its container is killed (no clean shutdown of its engine)."""
@@ -305,14 +178,6 @@ class DindProvider:
             took = time.monotonic() - started
             self.progress(f"images loaded on {len(nodes)} nodes in {took:.1f} s: {', '.join(copied)}")
 
-    def keep(self) -> dict[str, str]:
-        """What a later run needs to reach this cluster again."""
-        return {
-            "provider": self.name,
-            "nodes": ",".join(self._engines),
-            "DOCKER_HOST": self.socket_url("master-1"),
-        }
-
     def _remove_container(self, node: str) -> None:
         try:
             container = self._container(node)
@@ -332,6 +197,21 @@ class DindProvider:
             engine.client.close()
         self._engines.clear()
         remove_session(self.client, self.session.id)
+
+    @classmethod
+    def remove_session(cls, session_id: str, local: LocalEngine) -> list[str]:
+        """Remove the containers, network, volumes and cgroup folders labelled with the session."""
+        return remove_session(local(), session_id)
+
+    @classmethod
+    def sweep(cls, progress: images.Progress, local: LocalEngine) -> list[str]:
+        """Remove what dead runs left on the local engine, and run folders no provider's record holds."""
+        try:
+            client = local()
+        except SwarmError as exc:
+            progress(f"dind: no local engine to sweep ({exc})")
+            return []
+        return sweep(client, progress)
 
 
 def labelled(client: docker.DockerClient, label: str) -> list[tuple[str, str, dict[str, str]]]:
@@ -386,3 +266,7 @@ def sweep(client: docker.DockerClient, progress: images.Progress) -> list[str]:
     if stale:
         progress(f"swept what earlier runs left: sessions {', '.join(sorted(stale))}")
     return sorted(stale)
+
+
+if TYPE_CHECKING:  # mypy holds the class to the contract the registry promises
+    _KIND: type[Provider] = DindProvider

@@ -15,19 +15,20 @@ import sys
 import time
 import tomllib
 import xml.etree.ElementTree as ET
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import docker
 import pytest
 
 from pytest_swarm.errors import ProvisioningError
-from pytest_swarm.images import prepare_images
+from pytest_swarm.images import prepare_stack_images
 from pytest_swarm.ownership import Session
 from pytest_swarm.providers.attach import FIXED_NODES, AttachProvider
+from pytest_swarm.providers.base import ProviderRun
 from pytest_swarm.providers.dind import DindProvider
-from pytest_swarm.settings import available_envs, resolve
-from pytest_swarm.stack import StackSource, render, service_images
+from pytest_swarm.settings import Settings, resolve
+from pytest_swarm.stack import StackSource, render
 
 ROOT = Path(__file__).resolve().parents[2]
 SUITE_TIMEOUT = 2400  # seconds the whole acceptance suite may take through attach
@@ -45,15 +46,8 @@ DECLARED_SKIPS = (
 @pytest.fixture(scope="module")
 def dind(engine: docker.DockerClient) -> Iterator[DindProvider]:
     """A 3-node dind swarm (master-1 labelled reliability=high), removed at the end by its session."""
-    provider = DindProvider(
-        Session.new(),
-        workers=2,
-        node_labels={"master-1": {"reliability": "high"}},
-        engine_labels={},
-        timeout=120,
-        progress=lambda _line: None,
-        client=engine,
-    )
+    settings = Settings(rootdir=ROOT, workers=2, node_labels={"master-1": {"reliability": "high"}})
+    provider = DindProvider(ProviderRun(settings, Session.new(), lambda _line: None, local=lambda: engine))
     try:
         provider.up()
         yield provider
@@ -65,18 +59,26 @@ def sockets(dind: DindProvider) -> dict[str, str]:
     return {name: dind.socket_url(name) for name in ("master-1", "worker-1", "worker-2")}
 
 
-def attach(dind: DindProvider, engines: dict[str, str], **options: object) -> AttachProvider:
-    settings: dict[str, object] = {
-        "context": "",
-        "nodes": {name: {"engine": url} for name, url in engines.items()},
-        "node_labels": {},
-        "labels_given": False,
-        "timeout": 60,
-        "progress": lambda _line: None,
-        "environ": {"DOCKER_HOST": dind.socket_url("master-1"), "PATH": os.environ.get("PATH", "")},
-    }
-    settings.update(options)
-    return AttachProvider(Session.new(), **settings)  # type: ignore[arg-type]
+def attach(
+    dind: DindProvider,
+    engines: dict[str, str],
+    node_labels: dict[str, dict[str, str]] | None = None,
+    environ: dict[str, str] | None = None,
+    preload: Sequence[str] = (),
+) -> AttachProvider:
+    """An attach provider on the dind swarm, as resolved settings would make it (labels not given
+    by the user: a label for a node the swarm lacks is skipped, not refused)."""
+    settings = Settings(
+        rootdir=ROOT,
+        provider="attach",
+        timeout=60,
+        node_labels=node_labels or {},
+        attach_nodes={name: {"engine": url} for name, url in engines.items()},
+    )
+    run = ProviderRun(settings, Session.new(), lambda _line: None, preload=preload)
+    if environ is None:
+        environ = {"DOCKER_HOST": dind.socket_url("master-1")}
+    return AttachProvider(run, environ={**environ, "PATH": os.environ.get("PATH", "")})
 
 
 def test_attach_reads_names_addresses_engines_and_takes_back_its_labels(dind: DindProvider) -> None:
@@ -157,9 +159,9 @@ def stack_images(engine: docker.DockerClient) -> list[str]:
         {}, {}, {"build": ini.get("swarm_build"), "offline_images": ini.get("swarm_offline_images")}, ROOT
     )
     refs: set[str] = set()
-    for env in available_envs(settings.envs_dir):
-        model = render(StackSource(env, settings.envs_dir / f"{env}.env", settings.stacks))
-        plan = prepare_images(engine, service_images(model), settings.build, settings.offline_images)
+    for env, env_file in settings.envs.items():
+        model = render(StackSource(env, env_file, settings.stacks))
+        plan = prepare_stack_images(engine, model, settings.build, settings.offline_images)
         refs.update(plan.refs)
     return sorted(refs)
 

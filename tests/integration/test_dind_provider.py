@@ -4,27 +4,30 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
 
 import docker
 import pytest
 
 from pytest_swarm.errors import ProvisioningError
 from pytest_swarm.ownership import Session
+from pytest_swarm.providers.base import ProviderRun
 from pytest_swarm.providers.dind import DindProvider
+from pytest_swarm.settings import Settings
 from pytest_swarm.waiting import Poll, wait_for
 
 
-def make_provider(engine: docker.DockerClient, **overrides: object) -> DindProvider:
-    options: dict[str, object] = {
+def make_provider(engine: docker.DockerClient, **overrides: Any) -> DindProvider:
+    options: dict[str, Any] = {
         "workers": 2,
         "node_labels": {"master-1": {"reliability": "high"}},
         "engine_labels": {"*": {"pool": "test"}, "worker-1": {"zone": "b"}},
         "timeout": 60,
-        "progress": lambda _message: None,
-        "client": engine,
     }
     options.update(overrides)
-    return DindProvider(Session.new(), **options)  # type: ignore[arg-type]
+    settings = Settings(rootdir=Path.cwd(), provider="dind", **options)
+    return DindProvider(ProviderRun(settings, Session.new(), lambda _message: None, local=lambda: engine))
 
 
 def wait_until_down(provider: DindProvider, name: str) -> None:

@@ -12,7 +12,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -23,8 +23,11 @@ import pytest
 from pytest_swarm import images, mesh
 from pytest_swarm.cluster import Cluster
 from pytest_swarm.ownership import Session, run_root
-from pytest_swarm.providers import uml
+from pytest_swarm.providers import uml_host, uml_kernel, uml_net, uml_state
+from pytest_swarm.providers.base import ProviderRun
+from pytest_swarm.providers.engines import local_engine
 from pytest_swarm.providers.uml import UmlProvider
+from pytest_swarm.settings import Settings
 from pytest_swarm.waiting import Poll, wait_for
 
 HTTP_IMAGE = "pytest-swarm-test/uml-http:1"
@@ -43,33 +46,39 @@ PORT = 18080
 def _skip_reason() -> str:
     if not Path("/dev/net/tun").exists():
         return "uml provider: /dev/net/tun is missing on this host (the nodes' network taps need it)"
-    if not uml.UML_BINARY.is_file():
+    if not uml_host.UML_BINARY.is_file():
         return "uml provider: user-mode-linux is not installed (apt-get install user-mode-linux)"
-    return uml.missing_requirements()
+    return uml_host.missing_requirements()
 
 
 pytestmark = pytest.mark.skipif(bool(_skip_reason()), reason=_skip_reason() or "-")
 
 
 def make_provider(
-    engine: docker.DockerClient | None, session: Session | None = None, **overrides: Any
+    engine: docker.DockerClient | None,
+    session: Session | None = None,
+    preload: Sequence[str] = (),
+    **overrides: Any,
 ) -> UmlProvider:
+    """A uml provider as resolved settings make it; ``engine`` None: the local engine, asked
+    for only where the provider needs it."""
     options: dict[str, Any] = {
         "workers": 2,
         "node_labels": {"master-1": {"reliability": "high"}},
         "engine_labels": {"*": {"pool": "uml"}, "worker-1": {"zone": "b"}},
         "timeout": 120,
-        "progress": lambda _message: None,
-        "client": engine,
     }
     options.update(overrides)
-    return UmlProvider(session or Session.new(), **options)
+    settings = Settings(rootdir=Path.cwd(), provider="uml", **options)
+    local = local_engine if engine is None else lambda: engine
+    run = ProviderRun(settings, session or Session.new(), lambda _message: None, local=local, preload=preload)
+    return UmlProvider(run)
 
 
 def recorded(session_id: str) -> dict[str, Any]:
     """What a session recorded (processes, taps, bridge, rule), read before it is removed."""
-    state = uml.read_state(session_id)
-    assert state is not None, f"no {uml.STATE_FILE} for session {session_id}"
+    state = uml_state.read_state(session_id)
+    assert state is not None, f"no {uml_state.STATE_FILE} for session {session_id}"
     return state
 
 
@@ -77,15 +86,15 @@ def uml_leftovers(state: dict[str, Any]) -> list[str]:
     """What of a recorded UML session still exists, by kind and name."""
     found = []
     for name, node in state["nodes"].items():
-        if node.get("pid") and uml._group_members(node["pid"], uml.UML_BINARY):
+        if node.get("pid") and uml_kernel.group_members(node["pid"], uml_host.UML_BINARY):
             found.append(f"{name}: UML processes of group {node['pid']}")
-        if uml._alive(node.get("ssh_pid"), node.get("ssh_start")):
+        if uml_kernel.alive(node.get("ssh_pid"), node.get("ssh_start")):
             found.append(f"{name}: ssh connection {node['ssh_pid']}")
         if Path(f"/sys/class/net/{node['tap']}").exists():
             found.append(f"tap {node['tap']}")
     if Path(f"/sys/class/net/{state['bridge']}").exists():
         found.append(f"bridge {state['bridge']}")
-    if uml._rule_present(state["rule"]):
+    if uml_net.rule_present(state["rule"]):
         found.append(f"iptables rule {' '.join(state['rule'])}")
     folder = run_root() / state["session"]
     if folder.exists():
@@ -211,7 +220,7 @@ def test_engine_reached_over_a_unix_socket_and_listening_on_no_port(provider: Um
         listening = host.check_output("ss -Hltn")
         assert ":2375 " not in listening and ":2376 " not in listening, listening
         assert host.check_output("hostname") == name
-        assert host.check_output("uname -r").startswith(uml.uml_kernel()[0])
+        assert host.check_output("uname -r").startswith(uml_host.uml_kernel()[0])
 
 
 def test_addresses_are_private_and_on_the_session_bridge(provider: UmlProvider, cluster: Cluster) -> None:
@@ -243,7 +252,7 @@ def test_stopped_worker_goes_down_tasks_move_and_it_rejoins(
 ) -> None:
     pid = recorded(provider.session.id)["nodes"]["worker-2"]["pid"]
     provider.stop_node("worker-2")
-    assert not uml._group_members(pid, uml.UML_BINARY), "the node's kernel processes are gone"
+    assert not uml_kernel.group_members(pid, uml_host.UML_BINARY), "the node's kernel processes are gone"
     try:
         wait_node_state(cluster, "worker-2", "down")
         poll = wait_for(
@@ -302,7 +311,8 @@ def test_kept_cluster_is_reattached_by_another_provider() -> None:
         record = provider.keep()
         assert record["DOCKER_HOST"] == provider.socket_url("master-1")
         node = recorded(provider.session.id)["nodes"]["master-1"]
-        uml.kill_recorded(node["ssh_pid"], node["ssh_start"])  # as if it ended with the run that kept it
+        # as if it ended with the run that kept it
+        uml_kernel.kill_recorded(node["ssh_pid"], node["ssh_start"])
         again = make_provider(None, session=Session(id=provider.session.id, owner=Session.new().owner))
         cluster = again.attach(record["nodes"].split(","))
         assert [n.name for n in cluster.nodes()] == ["master-1"]
@@ -325,7 +335,7 @@ def test_interrupted_up_leaves_nothing(monkeypatch: pytest.MonkeyPatch) -> None:
     main = threading.main_thread().ident
     assert main is not None
     real_connect = provider._connect
-    real_kill = uml.kill_uml
+    real_kill = uml_kernel.kill_uml
     kills: list[int | None] = []
 
     def connect_then_interrupt(node: str, deadline: float) -> None:
@@ -341,7 +351,7 @@ def test_interrupted_up_leaves_nothing(monkeypatch: pytest.MonkeyPatch) -> None:
         return real_kill(pid, start, timeout)
 
     monkeypatch.setattr(provider, "_connect", connect_then_interrupt)
-    monkeypatch.setattr(uml, "kill_uml", interrupt_first_kill)
+    monkeypatch.setattr(uml_state, "kill_uml", interrupt_first_kill)
     with pytest.raises(KeyboardInterrupt):
         provider.up()
         time.sleep(5)  # the signal lands before this returns
@@ -358,11 +368,13 @@ def test_interrupted_up_leaves_nothing(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 KILLED_RUN = """
-import sys, time
+import pathlib, sys, time
 from pytest_swarm.ownership import Session
+from pytest_swarm.providers.base import ProviderRun
 from pytest_swarm.providers.uml import UmlProvider
-provider = UmlProvider(Session.new(), workers=1, node_labels={}, engine_labels={}, timeout=120,
-                       progress=lambda _m: None)
+from pytest_swarm.settings import Settings
+settings = Settings(rootdir=pathlib.Path.cwd(), provider="uml", workers=1, timeout=120)
+provider = UmlProvider(ProviderRun(settings, Session.new(), lambda _m: None))
 provider.up()
 print(provider.session.id, flush=True)
 time.sleep(600)
@@ -382,5 +394,5 @@ def test_sweep_removes_what_a_killed_run_left() -> None:
         run.wait(30)
     assert uml_leftovers(state) != []
     messages: list[str] = []
-    assert session_id in uml.sweep(messages.append), messages
+    assert session_id in uml_state.sweep(messages.append), messages
     assert uml_leftovers(state) == []

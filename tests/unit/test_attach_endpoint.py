@@ -9,7 +9,7 @@ import pytest
 
 from pytest_swarm.capabilities import skip_reason
 from pytest_swarm.errors import ProvisioningError
-from pytest_swarm.providers.attach import endpoint_of
+from pytest_swarm.providers.engines import endpoint_of
 
 
 def test_docker_host_without_tls() -> None:

@@ -22,11 +22,12 @@ import pytest
 from pytest_swarm import ownership
 from pytest_swarm.errors import ProvisioningError
 from pytest_swarm.ownership import Session, owner_token
-from pytest_swarm.providers import machine
-from pytest_swarm.providers.machine import (
+from pytest_swarm.providers import machine_cli
+from pytest_swarm.providers.base import ProviderRun
+from pytest_swarm.providers.machine import MachineProvider
+from pytest_swarm.providers.machine_cli import (
     MachineCli,
     MachineError,
-    MachineProvider,
     Machines,
     MachineState,
     TransientMachineError,
@@ -292,7 +293,7 @@ def test_a_kept_run_is_removed_later_from_its_record(stand_in: StandIn) -> None:
     session = Session.new()
     make_machines(session, []).create_all(["master-1", "worker-1"])
     stand_in.add_existing("worker-9")
-    assert machine.remove_session(session.id) == []
+    assert machine_cli.remove_session(session.id) == []
     assert stand_in.machines() == ["worker-9"]
     assert not session.run_dir.exists()
 
@@ -305,7 +306,7 @@ def test_sweep_removes_machines_of_dead_runs_only(stand_in: StandIn) -> None:
         make_machines(session, []).create(name)
     (kept.run_dir / ownership.KEPT_FILE).write_text("{}")
     progress: list[str] = []
-    assert machine.sweep(progress.append) == ["deadbeef"]
+    assert machine_cli.sweep(progress.append) == ["deadbeef"]
     assert stand_in.machines() == ["worker-2", "worker-3"]
     assert progress == ["swept the machines earlier runs left: sessions deadbeef"]
 
@@ -322,7 +323,7 @@ def test_provider_attached_to_named_machines_never_removes_them(
     for name in ("m1", "w1"):
         stand_in.add_existing(name)
     settings = resolve({"provider": "machine", "machines": "m1,w1"}, {}, {}, tmp_path)
-    provider = MachineProvider(Session.new(), settings=settings, progress=lambda _line: None)
+    provider = MachineProvider(ProviderRun(settings, Session.new(), lambda _line: None))
     assert (provider.names, provider.create) == (["m1", "w1"], False)
     provider.down()
     assert stand_in.argvs("rm") == []
@@ -334,7 +335,7 @@ def test_provider_refuses_google_without_a_project(
 ) -> None:
     monkeypatch.delenv("GOOGLE_PROJECT", raising=False)
     settings = resolve({"provider": "machine", "workers": "1"}, {}, {}, tmp_path)
-    provider = MachineProvider(Session.new(), settings=settings, progress=lambda _line: None)
+    provider = MachineProvider(ProviderRun(settings, Session.new(), lambda _line: None))
     with pytest.raises(ProvisioningError, match="needs a GCE project: give --swarm-gce-project"):
         provider.up()
     assert stand_in.argvs("create") == []
