@@ -44,7 +44,13 @@ class _View:
 
 
 class Node(_View):
-    """A swarm node as the manager sees it."""
+    """A swarm node as the manager sees it.
+
+    Example::
+
+        node = swarm.node("worker-1")
+        assert node.ready and node.role == "worker", node.describe()
+    """
 
     @property
     def name(self) -> str:
@@ -110,7 +116,13 @@ class Node(_View):
 
 
 class Task(_View):
-    """One task of a service."""
+    """One task of a service.
+
+    Example::
+
+        for task in swarm_stack.service("ui").running_tasks():
+            print(task.id[:12], swarm.node_names_by_id()[task.node_id], task.image)
+    """
 
     @property
     def service_id(self) -> str:
@@ -164,7 +176,13 @@ class Task(_View):
 
 
 class Service(_View):
-    """A swarm service and the tasks it has."""
+    """A swarm service and the tasks it has (``reload()`` for a fresh look).
+
+    Example::
+
+        ui = swarm_stack.service("ui")
+        assert ui.reload().running == ui.replicas, ui.last_error()
+    """
 
     def __init__(self, attrs: Mapping[str, Any], client: docker.DockerClient) -> None:
         super().__init__(attrs)
@@ -287,6 +305,12 @@ class Cluster:
         engines: node name -> a docker client on that node's own engine, where reachable.
         seconds_to_ready: how long provisioning (or attaching) took.
         unprobed: node name -> why its capabilities could not be probed (they count as missing).
+
+    Example::
+
+        leaders = [n.name for n in swarm.nodes() if n.leader]
+        assert leaders == ["master-1"]
+        answers = requests.get(f"http://{swarm.addresses['worker-2']}:9292/", timeout=5)
     """
 
     provider: str

@@ -56,7 +56,13 @@ def run_docker(
     timeout: float = 120,
     env: Mapping[str, str] | None = None,
 ) -> str:
-    """Run the docker CLI against ``host`` (e.g. ``unix:///.../docker.sock``) or the default."""
+    """Run the docker CLI against ``host`` (e.g. ``unix:///.../docker.sock``) or the default;
+    returns its stdout, raises CommandError with its stderr.
+
+    Example::
+
+        run_docker(["service", "scale", "--detach", "DEV_ui=4"], host=swarm.manager_url, timeout=60)
+    """
     full_env = dict(os.environ if env is None else env)
     if host is not None:
         full_env["DOCKER_HOST"] = host

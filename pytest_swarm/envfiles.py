@@ -7,9 +7,12 @@ finds an env wins.
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
+
+from . import compose
 
 DEFAULT_PATTERNS = ("envs/{env}.env", "{env}.env", ".env.{env}", ".env_{env}", ".env-{env}")
 PLACEHOLDER = "{env}"
@@ -73,3 +76,24 @@ def _short(path: Path, root: Path) -> str:
         return str(path.relative_to(root))
     except ValueError:
         return str(path)
+
+
+def shifted_env(source: Path, folder: Path, name: str, shift: int, compose_files: Sequence[Path]) -> Path:
+    """A copy of the env file ``source`` whose stack is ``name`` (its ``ENV``), with every
+    variable the compose files publish a host port from moved by ``shift``."""
+    from .stack import load_env  # stack's reading, python-dotenv's rules
+
+    values = load_env(source)
+    for variable in compose.published_port_variables(compose_files):
+        if values.get(variable, "").isdigit():
+            values[variable] = str(int(values[variable]) + shift)
+    values["ENV"] = name
+    target = folder / f"{name.lower()}.env"
+    target.write_text("".join(f"{key}={_quoted(value)}\n" for key, value in values.items()))
+    return target
+
+
+def _quoted(value: str) -> str:
+    """A value as an env file holds it literally: single quotes (no escapes, no ``$``
+    expansion), double quotes for one that holds a single quote."""
+    return f"'{value}'" if "'" not in value else json.dumps(value, ensure_ascii=False)

@@ -18,6 +18,19 @@ LOG_LINES = 50
 DEPLOYED = pytest.StashKey[list[DeployedStack]]()
 
 
+def show_on_failure(item: pytest.Item, stack: DeployedStack) -> None:
+    """Add ``stack``'s evidence to ``item``'s report if the test fails (``swarm_stack``'s and the
+    stacks ``deploy_stack`` made are added without asking).
+
+    Example::
+
+        def test_my_copy(request, deploy_stack):
+            stack = deploy_stack(env="stage", name="COPY")
+            show_on_failure(request.node, stack)
+    """
+    item.stash.setdefault(DEPLOYED, []).append(stack)
+
+
 def stacks_used_by(item: pytest.Item) -> list[DeployedStack]:
     """The stacks a test had: ``swarm_stack`` and what its ``deploy_stack`` made."""
     funcargs = getattr(item, "funcargs", {})

@@ -33,11 +33,28 @@ LIFECYCLE = pytest.StashKey["SwarmLifecycle"]()
 
 
 def lifecycle_of(config: pytest.Config) -> SwarmLifecycle:
+    """The run's SwarmLifecycle, from a hook or fixture's ``config``.
+
+    Example::
+
+        def pytest_generate_tests(metafunc):
+            services = lifecycle_of(metafunc.config).declared_model()["services"]
+    """
     return config.stash[LIFECYCLE]
 
 
 class SwarmLifecycle:
-    """Owns the provider, the cluster and the deployed stacks of one pytest run."""
+    """Owns the provider, the cluster and the deployed stacks of one pytest run.
+
+    Example (a module of checks that needs a stack of its own, removed after it)::
+
+        @pytest.fixture(scope="module")
+        def canary(request):
+            run = lifecycle_of(request.config)
+            stack = run.deploy(replace(run.source("dev"), stack_name="CANARY"))
+            yield stack
+            stack.remove()
+    """
 
     def __init__(
         self, settings: Settings, progress: Progress, on_first_use: Callable[[], None] = lambda: None

@@ -77,7 +77,12 @@ class Constraint:
 
 
 def satisfies(node: NodeFacts, constraints: Iterable[str]) -> list[str]:
-    """The constraints ``node`` breaks, each with the node's actual value ([] = eligible)."""
+    """The constraints ``node`` breaks, each with the node's actual value ([] = eligible).
+
+    Example::
+
+        assert satisfies(swarm.node("worker-1").facts(), ["node.role == worker"]) == []
+    """
     broken = []
     for text in constraints:
         constraint = Constraint.parse(text)
@@ -87,6 +92,13 @@ def satisfies(node: NodeFacts, constraints: Iterable[str]) -> list[str]:
 
 
 def eligible(nodes: Iterable[NodeFacts], constraints: Iterable[str]) -> list[NodeFacts]:
+    """The nodes that meet every constraint.
+
+    Example::
+
+        ui = swarm_stack.service("ui")
+        where = eligible([n.facts() for n in swarm.nodes() if n.ready], ui.constraints)
+    """
     rules = list(constraints)
     return [n for n in nodes if not satisfies(n, rules)]
 

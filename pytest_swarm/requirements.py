@@ -86,6 +86,14 @@ class Requirement:
 
 @dataclass(frozen=True)
 class Profile:
+    """A requirement profile: its roles and requirements.
+
+    Example::
+
+        profile = load_profile("lesson", Path("."))
+        print([requirement.label for requirement in profile.requirements])
+    """
+
     name: str
     roles: Mapping[str, tuple[str, ...]]
     requirements: tuple[Requirement, ...]

@@ -169,6 +169,10 @@ class Settings:
     gce_image: str = DEFAULT_GCE_IMAGE
     sources: Mapping[str, str] = field(default_factory=dict)  # option -> cli|env|ini|default
 
+    def envs_found(self) -> str:
+        """The envs the env-file patterns found, for messages: ``dev (envs/dev.env), ...``."""
+        return envfiles.describe(self.envs, self.rootdir)
+
     def env_file_of(self, env: str) -> Path:
         """The file of ``env``: --swarm-env's own, or one the patterns found."""
         if env == self.env and self.env_file is not None:

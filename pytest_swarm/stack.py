@@ -47,7 +47,12 @@ class StackSource:
 
 
 def load_env(env_file: Path) -> dict[str, str]:
-    """The env file's variables (python-dotenv); a key without a value is an error."""
+    """The env file's variables (python-dotenv); a key without a value is an error.
+
+    Example::
+
+        assert load_env(Path(".env_DEV"))["ENV"] == "DEV"
+    """
     if not env_file.is_file():
         found = sorted(p.stem for p in env_file.parent.glob("*.env"))
         raise StackError(f"env file {env_file} does not exist; env files found: {', '.join(found) or 'none'}")
@@ -114,7 +119,13 @@ def check_stack_config_support() -> None:
 
 
 def render(source: StackSource) -> dict[str, Any]:
-    """Validate, then render the stack as ``docker stack deploy`` will see it."""
+    """Validate, then render the stack as ``docker stack deploy`` will see it.
+
+    Example::
+
+        model = render(StackSource("dev", Path(".env_DEV"), (Path("docker-compose.yml"),)))
+        assert model["services"]["ui"]["deploy"]["replicas"] == 3
+    """
     compose.check(source.compose_files)
     values = source.values()
     missing = missing_variables(source.compose_files, values)
@@ -223,6 +234,12 @@ class DeployedStack:
         model: the rendered compose model (what the files declare).
         standins: services whose image is an offline stand-in.
         unconverged: why the stack did not converge in time ("" when it did).
+
+    Example::
+
+        ui = swarm_stack.service("ui")
+        declared = swarm_stack.declared("ui")["deploy"]["replicas"]
+        assert ui.running == declared
     """
 
     name: str

@@ -65,7 +65,14 @@ def interrupt_all() -> None:
 
 
 class Together(Generic[K, T]):
-    """Operations keyed by what they touch, all started at once; ``outcome(key)`` waits for one."""
+    """Operations keyed by what they touch, all started at once; ``outcome(key)`` waits for one.
+
+    Example::
+
+        scaled = Together({name: partial(scale_and_check, name) for name in ("ui", "post")})
+        scaled.close()  # every operation ended
+        problems = scaled.outcome("ui", timeout=0).get()  # what it returned, or its error raised
+    """
 
     def __init__(
         self, operations: Mapping[K, Callable[[], T]], name: str = "swarm", start: bool = True

@@ -58,6 +58,12 @@ def wait_for(
 ) -> Poll[T]:
     """Poll ``probe`` every ``interval`` seconds until it is done; return the final Poll.
 
+    Example::
+
+        web = swarm_stack.service("web")
+        wait_for(lambda: Poll(web.reload().running == 3, f"{web.running}/3 running"),
+                 what="web at 3 replicas", timeout=60, interval=0.5)
+
     Raises:
         ConvergenceTimeout: after ``timeout`` seconds, naming ``what``, the last state seen,
             the last transient error and ``hint``.

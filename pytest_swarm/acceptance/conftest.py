@@ -12,11 +12,7 @@ from typing import Any
 
 import pytest
 
-from pytest_swarm import declared
-from pytest_swarm.envfiles import describe
-from pytest_swarm.lifecycle import lifecycle_of
-from pytest_swarm.stack import DeployedStack
-from pytest_swarm.together import EARLY, early_work_last
+from pytest_swarm import EARLY, DeployedStack, declared, early_work_last, lifecycle_of
 
 Spec = Mapping[str, Any]
 PARAMETERS: dict[str, Callable[[Spec], bool]] = {
@@ -52,7 +48,7 @@ def pytest_collectstart(collector: pytest.Collector) -> None:
     if settings.env is None:
         pytest.exit(
             "swarm: the acceptance suites deploy an env: give --swarm-env NAME "
-            f"(envs found: {describe(settings.envs, settings.rootdir)}) or --swarm-env-file PATH",
+            f"(envs found: {settings.envs_found()}) or --swarm-env-file PATH",
             returncode=pytest.ExitCode.USAGE_ERROR,
         )
 

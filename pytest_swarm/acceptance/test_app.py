@@ -12,10 +12,7 @@ from collections.abc import Callable
 import pytest
 import requests
 
-from pytest_swarm.cluster import Cluster
-from pytest_swarm.settings import Settings
-from pytest_swarm.stack import DeployedStack
-from pytest_swarm.waiting import Poll, wait_for
+from pytest_swarm import Cluster, DeployedStack, Poll, Settings, wait_for
 
 
 def ui_port(swarm_stack: DeployedStack, swarm_role: Callable[[str], str]) -> int:

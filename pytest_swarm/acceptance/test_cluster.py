@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-from pytest_swarm.cluster import Cluster
-from pytest_swarm.settings import Settings
+from pytest_swarm import Cluster, Settings
 
 
 def test_exactly_one_leader(swarm: Cluster) -> None:

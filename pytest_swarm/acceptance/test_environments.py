@@ -2,26 +2,81 @@
 
 The envs of ``--swarm-side-by-side`` (default: every other env file), and EXTRA (a copy of the
 main env to remove, when that test is selected), are deployed beside ``--swarm-env`` all at the
-same time, from the session's start when one of these tests is selected
-(pytest_swarm.side_by_side), and removed after this module.
+same time, in the background from the session's start when one of these tests is selected (its
+deploy is mostly waiting: first healthchecks, overlay joins), and removed after this module.
 """
 
 from __future__ import annotations
 
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import replace
+from functools import partial
 from pathlib import Path
 
 import pytest
 
-from pytest_swarm import mesh
-from pytest_swarm.cluster import STACK_LABEL, Cluster
-from pytest_swarm.errors import StackError
-from pytest_swarm.lifecycle import lifecycle_of
-from pytest_swarm.side_by_side import SideBySide, shifted_env, side_by_side_sources
-from pytest_swarm.stack import DeployedStack, port_clashes, published_ports
-from pytest_swarm.together import take_early
+from pytest_swarm import (
+    STACK_LABEL,
+    Cluster,
+    DeployedStack,
+    StackError,
+    StackSource,
+    SwarmLifecycle,
+    Together,
+    lifecycle_of,
+    mesh,
+    port_clashes,
+    published_ports,
+    remove_all,
+    shifted_env,
+    take_early,
+)
+
+
+def side_by_side_sources(
+    lifecycle: SwarmLifecycle, main: StackSource, folder: Path, extra: bool = True
+) -> dict[str, StackSource]:
+    """The envs of --swarm-side-by-side, and (``extra``) EXTRA: a copy of the main env on other
+    ports, to remove."""
+    sources = {env: lifecycle.source(env) for env in lifecycle.settings.side_by_side}
+    if sources and extra:
+        env_file = shifted_env(main.env_file, folder, "EXTRA", 100, main.compose_files)
+        sources["EXTRA"] = replace(main, env="EXTRA", env_file=env_file)
+    return sources
+
+
+class SideBySide:
+    """``sources`` (env name -> stack source) being deployed, each until it converges."""
+
+    def __init__(self, lifecycle: SwarmLifecycle, sources: Mapping[str, StackSource]) -> None:
+        self.envs = list(sources)
+        self.made: list[DeployedStack] = []  # removed even if its convergence fails
+        self._deploying: Together[str, DeployedStack] = Together(
+            {
+                env: partial(lifecycle.deploy, source, on_deployed=self.made.append)
+                for env, source in sources.items()
+            },
+            name="deploy",
+        )
+
+    def stacks(self) -> dict[str, DeployedStack]:
+        """Wait for every deploy; the converged stacks, or the first deploy's error."""
+        self._deploying.close()
+        return {env: self._deploying.outcome(env, timeout=0).get() for env in self.envs}
+
+    def wait(self) -> None:
+        """Until every deploy has converged or failed."""
+        self._deploying.close()
+
+    def close(self) -> None:
+        self.remove()
+
+    def remove(self) -> None:
+        """Remove every stack made, at the same time; raise if one could not be removed."""
+        self._deploying.close()
+        made, self.made = self.made, []
+        remove_all(made)
 
 
 @pytest.fixture(scope="module")

@@ -15,10 +15,7 @@ from typing import Any
 
 import pytest
 
-from pytest_swarm.cluster import Task
-from pytest_swarm.settings import Settings
-from pytest_swarm.stack import DeployedStack
-from pytest_swarm.waiting import Poll, wait_for
+from pytest_swarm import DeployedStack, Poll, Settings, Task, wait_for
 
 API = (
     "exec 3<>/dev/tcp/127.0.0.1/9090 && "

@@ -7,11 +7,7 @@ from typing import Any
 
 import pytest
 
-from pytest_swarm import declared
-from pytest_swarm.cluster import Task
-from pytest_swarm.settings import Settings
-from pytest_swarm.stack import DeployedStack
-from pytest_swarm.waiting import Poll, wait_for
+from pytest_swarm import DeployedStack, Poll, Settings, Task, declared, wait_for
 
 NANO = 1_000_000_000
 

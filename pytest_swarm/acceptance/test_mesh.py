@@ -8,9 +8,7 @@ from collections.abc import Callable
 
 import pytest
 
-from pytest_swarm import mesh
-from pytest_swarm.cluster import Cluster
-from pytest_swarm.stack import DeployedStack
+from pytest_swarm import Cluster, DeployedStack, mesh
 
 REQUESTS_PER_REPLICA = 20
 

@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from pytest_swarm.cluster import Cluster
-from pytest_swarm.placement import satisfies
-from pytest_swarm.stack import DeployedStack
+from pytest_swarm import Cluster, DeployedStack, satisfies
 
 
 def declared_constraints(stack: DeployedStack, service: str) -> list[str]:

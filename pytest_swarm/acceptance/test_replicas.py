@@ -4,10 +4,7 @@ from __future__ import annotations
 
 from collections import Counter
 
-from pytest_swarm.cluster import Cluster, Service
-from pytest_swarm.declared import replicas
-from pytest_swarm.placement import eligible
-from pytest_swarm.stack import DeployedStack
+from pytest_swarm import Cluster, DeployedStack, Service, declared, eligible
 
 
 def running_per_node(swarm: Cluster, service: Service) -> Counter[str]:
@@ -22,11 +19,10 @@ def eligible_nodes(swarm: Cluster, service: Service) -> list[str]:
 
 
 def test_declared_replicas_are_running(swarm_stack: DeployedStack, replicated_service: str) -> None:
-    declared_replicas = replicas(swarm_stack.declared(replicated_service))
+    declared_replicas = declared.replicas(swarm_stack.declared(replicated_service))
     service = swarm_stack.service(replicated_service)
-    declared = declared_replicas
-    assert (service.replicas, service.running) == (declared, declared), (
-        f"{replicated_service}: declared replicas {declared}, applied {service.replicas}, "
+    assert (service.replicas, service.running) == (declared_replicas, declared_replicas), (
+        f"{replicated_service}: declared replicas {declared_replicas}, applied {service.replicas}, "
         f"running {service.running}; last task error: {service.last_error() or 'none'}"
     )
 

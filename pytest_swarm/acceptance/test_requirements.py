@@ -12,11 +12,7 @@ import re
 
 import pytest
 
-from pytest_swarm.errors import StackError
-from pytest_swarm.lifecycle import lifecycle_of
-from pytest_swarm.requirements import Requirement
-from pytest_swarm.rules import Declared
-from pytest_swarm.stack import render
+from pytest_swarm import Declared, Requirement, StackError, lifecycle_of, render
 
 
 def slug(requirement: Requirement) -> str:

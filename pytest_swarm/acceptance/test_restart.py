@@ -25,11 +25,17 @@ import docker
 import pytest
 import yaml
 
-from pytest_swarm import declared
-from pytest_swarm.evidence import DEPLOYED
-from pytest_swarm.lifecycle import lifecycle_of
-from pytest_swarm.stack import DeployedStack
-from pytest_swarm.together import EARLY, Together, remove_all, selected_params, take_early
+from pytest_swarm import (
+    EARLY,
+    DeployedStack,
+    Together,
+    declared,
+    lifecycle_of,
+    remove_all,
+    selected_params,
+    show_on_failure,
+    take_early,
+)
 
 RESTARTS = "test_failures_are_restarted_up_to_max_attempts_with_the_delay"
 CLEAN = "test_a_clean_exit_is_not_restarted_on_failure"
@@ -247,7 +253,7 @@ def watched(
 ) -> Watched:
     outcome = crashers.together.outcome((request.node.originalname, service), timeout=1800)
     if outcome.value is not None:
-        request.node.stash.setdefault(DEPLOYED, []).append(outcome.value.stack)  # evidence on failure
+        show_on_failure(request.node, outcome.value.stack)
         took(outcome.value.seconds, "its stack deployed and watched, beside the other checks' stacks")
         for wait in outcome.value.waits:
             declared_wait(*wait)

@@ -13,14 +13,19 @@ from functools import partial
 
 import pytest
 
-from pytest_swarm.cluster import Cluster, Service
-from pytest_swarm.commands import run_docker
-from pytest_swarm.placement import eligible
-from pytest_swarm.providers.base import Provider
-from pytest_swarm.settings import Settings
-from pytest_swarm.stack import DeployedStack
-from pytest_swarm.together import Together, selected_params
-from pytest_swarm.waiting import Poll, wait_for
+from pytest_swarm import (
+    Cluster,
+    DeployedStack,
+    Poll,
+    Provider,
+    Service,
+    Settings,
+    Together,
+    eligible,
+    run_docker,
+    selected_params,
+    wait_for,
+)
 
 
 def per_node(swarm: Cluster, service: Service) -> Counter[str]:

@@ -35,17 +35,28 @@ import docker
 import pytest
 import yaml
 
-from pytest_swarm import declared, mesh
-from pytest_swarm.capabilities import FEATURES
-from pytest_swarm.cluster import Cluster, Service, Task, seconds
-from pytest_swarm.commands import run_docker
-from pytest_swarm.errors import ConvergenceTimeout
-from pytest_swarm.evidence import DEPLOYED
-from pytest_swarm.images import variant_ref
-from pytest_swarm.lifecycle import SwarmLifecycle, lifecycle_of
-from pytest_swarm.stack import DeployedStack
-from pytest_swarm.together import Together, remove_all, selected_params, wait_early
-from pytest_swarm.waiting import Poll, wait_for
+from pytest_swarm import (
+    FEATURES,
+    Cluster,
+    ConvergenceTimeout,
+    DeployedStack,
+    Poll,
+    Service,
+    SwarmLifecycle,
+    Task,
+    Together,
+    declared,
+    lifecycle_of,
+    mesh,
+    remove_all,
+    run_docker,
+    seconds,
+    selected_params,
+    show_on_failure,
+    variant_ref,
+    wait_early,
+    wait_for,
+)
 
 START_ALLOWANCE = 20.0  # seconds a new task gets to start, beyond its first healthcheck
 DONE = ("completed", "paused", "rollback_completed", "rollback_paused")
@@ -511,7 +522,7 @@ def test_a_failing_version_is_rolled_back_or_paused(
 ) -> None:
     config = declared.update_config(updates.stack.declared(updated_service))
     failed: Failed = updates.part(updated_service, "fail", swarm_declared_wait, swarm_took)
-    request.node.stash.setdefault(DEPLOYED, []).append(failed.stack)  # its evidence on failure
+    show_on_failure(request.node, failed.stack)
     assert failed.state == failed.expected, (
         f"{updated_service}: declared failure_action {config.failure_action}; an update to {failed.broken} "
         f"({failed.how}) ended {failed.state!r}, expected {failed.expected!r} within {failed.deadline:g} s"

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pytest_swarm.side_by_side import shifted_env
+from pytest_swarm.envfiles import shifted_env
 from pytest_swarm.stack import load_env
 
 
