@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import time
 from pathlib import Path
+from typing import Any
 
 import docker
 
@@ -23,13 +24,13 @@ from pytest_swarm.stack import StackSource, render, service_images
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def stack_images() -> tuple[dict[str, str], dict[str, Path], dict[str, Path]]:
+def stack_images() -> tuple[dict[str, Any], dict[str, Path], dict[str, Path]]:
     import tomllib
 
     ini = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["pytest"]["ini_options"]
     settings = resolve({"env": "dev"}, {}, {k.removeprefix("swarm_"): v for k, v in ini.items()}, ROOT)
-    source = StackSource("dev", settings.envs_dir / "dev.env", settings.stacks)
-    return service_images(render(source)), dict(settings.build), dict(settings.offline_images)
+    source = StackSource("dev", settings.env_file_of("dev"), settings.stacks)
+    return render(source), dict(settings.build), dict(settings.offline_images)
 
 
 def main() -> None:
@@ -39,7 +40,8 @@ def main() -> None:
     parser.add_argument("--from-nothing", action="store_true")
     from_nothing = parser.parse_args().from_nothing
     client = docker.from_env(timeout=600)
-    refs, build, offline = stack_images()
+    model, build, offline = stack_images()
+    refs = service_images(model)
     if from_nothing:
         variants = [images.variant_ref(r, v) for s, r in refs.items() if s in build for v in images.VARIANTS]
         for ref in [*refs.values(), *variants, images.BASE_IMAGE]:
@@ -49,7 +51,7 @@ def main() -> None:
         images.ensure_base_image(client, print)
         print(f"base image bootstrap: {time.monotonic() - started:.1f} s")
     started = time.monotonic()
-    plan = images.prepare_images(client, refs, build, offline, lambda _m: None)
+    plan = images.prepare_stack_images(client, model, build, offline, lambda _m: None)
     took = time.monotonic() - started
     print(f"{'build from nothing (base present)' if from_nothing else 'rebuild, nothing changed'}: "
           f"{took:.1f} s for {len(plan.refs)} images")  # fmt: skip

@@ -19,6 +19,7 @@ Compose = dict[str, Any]
 pytestmark = pytest.mark.usefixtures("engine")
 
 INI = """[pytest]
+swarm_stacks = stacks/docker-compose.infra.yml, stacks/docker-compose.yml
 swarm_build =
     ui=stacks/images/ui
     post=stacks/images/post
@@ -30,8 +31,8 @@ swarm_offline_images = mongo=stacks/images/mongo
 
 
 def team_repository(pytester: pytest.Pytester, mistake: Callable[[Compose], None]) -> pytest.Pytester:
-    """A copy of this repository's stack, envs and suites, with ``mistake`` made in the app's file."""
-    for folder in ("stacks", "envs", "acceptance"):
+    """A copy of this repository's stack and envs, with ``mistake`` made in the app's file."""
+    for folder in ("stacks", "envs"):
         shutil.copytree(
             ROOT / folder, pytester.path / folder, ignore=shutil.ignore_patterns("wheels", "__pycache__")
         )
@@ -54,7 +55,12 @@ def failures(pytester: pytest.Pytester, *args: str) -> dict[str, str]:
     return found
 
 
-SUITES = ("acceptance/test_lesson.py", "acceptance/test_replicas.py", "acceptance/test_placement.py")
+SUITES = (
+    "--pyargs",
+    "pytest_swarm.acceptance.test_requirements",
+    "pytest_swarm.acceptance.test_replicas",
+    "pytest_swarm.acceptance.test_placement",
+)
 
 
 def test_mistakes_that_deploy_fail_exactly_their_requirements(pytester: pytest.Pytester) -> None:
@@ -66,21 +72,21 @@ def test_mistakes_that_deploy_fail_exactly_their_requirements(pytester: pytest.P
         services["ui"]["image"] = "${USER_NAME}/ui:latest"  # an overwritable tag
 
     found = failures(
-        team_repository(pytester, mistakes), *SUITES, "acceptance/test_limits.py", "-k", "not oom"
+        team_repository(pytester, mistakes), *SUITES, "pytest_swarm.acceptance.test_limits", "-k", "not oom"
     )
     assert sorted(found) == [
-        "test_L15_ui_shows_the_env_of_each_env_file",
-        "test_lesson_requirement[L03-app-services-run-at-least-3-replicas]",
-        "test_lesson_requirement[L06-post-and-comment-update-by-2-10s-apart-rolling-back-on-failure]",
-        "test_lesson_requirement[L07-ui-limited-to-0-25-cpu-and-150m]",
-        "test_lesson_requirement[L11-app-images-tagged-with-versions-never-latest]",
+        "test_requirement[L03-app-services-run-at-least-3-replicas]",
+        "test_requirement[L06-post-and-comment-update-2-at-a-time-10s-apart-rolling-back-on-failure]",
+        "test_requirement[L07-ui-limited-to-0-25-cpu-and-150m]",
+        "test_requirement[L11-app-images-carry-a-version-tag-never-latest-rollback-restores-a-tag]",
+        "test_requirement[L17-ui-shows-the-env-it-runs-in-env-from-the-env-file]",
     ], found
     messages = "\n".join(found.values())
     assert "post: replicas 2, required >= 3" in messages
     assert "comment: update parallelism 1, required 2" in messages
-    assert "ui: limits cpus 0.25 memory None, required cpus 0.25 memory 150M" in messages
+    assert "ui: limits memory unset, required 150M" in messages
     assert "ui: image 'reddit/ui:latest' has tag latest" in messages
-    assert "stage: ui environment ENV='DEV', required 'STAGE'" in messages
+    assert "ui: environment ENV='DEV' is written in the compose file" in messages
 
 
 def test_a_constraint_no_node_meets_fails_that_service_by_name(pytester: pytest.Pytester) -> None:
@@ -93,7 +99,7 @@ def test_a_constraint_no_node_meets_fails_that_service_by_name(pytester: pytest.
     assert sorted(found) == [
         "test_declared_replicas_are_running[mongo]",
         "test_every_running_task_meets_its_constraints[mongo]",
-        "test_lesson_requirement[L01-mongo-on-the-reliability-high-node]",
+        "test_requirement[L01-mongo-runs-only-on-the-reliability-high-node]",
         "test_replicated_tasks_spread_evenly[mongo]",
     ], found
     assert (
