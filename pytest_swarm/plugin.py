@@ -16,11 +16,20 @@ from typing import Any
 
 import pytest
 
-from . import evidence, timing, together, waiting
+from . import evidence, timing, together, waiting, workers
 from .capabilities import FEATURES, skip_reason
 from .errors import StackError, SwarmError
 from .lifecycle import LIFECYCLE, SwarmLifecycle, lifecycle_of
-from .report import Checks, facts_of, reason_of, render, requirement_of, suite_properties, timing_properties
+from .report import (
+    Checks,
+    RunFacts,
+    facts_of,
+    reason_of,
+    render,
+    requirement_of,
+    suite_properties,
+    timing_properties,
+)
 from .secrets import Masker
 from .settings import OPTIONS, Settings, SettingsError, resolve
 from .stack import load_env
@@ -33,6 +42,8 @@ _PREVIOUS_SIGTERM = pytest.StashKey[Any]()
 _CHECKS = pytest.StashKey[Checks]()
 _REPORT_OUTCOME = pytest.StashKey[str]()
 _HEARTBEAT = pytest.StashKey[Callable[[str], None]]()
+_WORKER_FACTS = pytest.StashKey[dict[str, RunFacts]]()
+_FACTS = pytest.StashKey[RunFacts]()
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -66,6 +77,11 @@ def pytest_configure(config: pytest.Config) -> None:
         settings = resolve(cli, os.environ, ini, config.rootpath)
     except SettingsError as exc:
         raise pytest.UsageError(str(exc)) from exc
+    if workers.controls_workers(config) and (settings.reuse or settings.keep != "never"):
+        raise pytest.UsageError(
+            "--swarm-keep and --swarm-reuse keep one cluster for the project; under pytest-xdist each "
+            "worker brings up its own: run without -n to keep or reuse a cluster"
+        )
     config.stash[SETTINGS] = settings
     config.stash[MASKER] = _masker(settings)
     config.stash[_HEARTBEAT] = waiting.set_heartbeat(_progress(config))
@@ -243,6 +259,13 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int | pytest.ExitC
     except ValueError:
         exit_name = str(exitstatus)
     facts = facts_of(lifecycle, config.stash[_CHECKS], exit_name)
+    worker_output = getattr(config, "workeroutput", None)
+    if worker_output is not None:  # an xdist worker: the controller writes the report
+        worker_output[workers.FACTS] = workers.facts_out(facts)
+        return
+    found: dict[str, RunFacts] = config.stash.get(_WORKER_FACTS, {})
+    facts = workers.merged(facts, found)
+    config.stash[_FACTS] = facts
     add_suite_property = _junit_suite_property(config)
     if add_suite_property is not None:
         for name, value in suite_properties(facts):
@@ -276,18 +299,38 @@ def _junit_suite_property(config: pytest.Config) -> Any:
     return None
 
 
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
+    """Under pytest-xdist, whole test files go to a worker (see workers.py)."""
+    if not _asked(config):
+        return None
+    from xdist.scheduler import LoadFileScheduling  # only where xdist runs this hook
+
+    return LoadFileScheduling(config, log)
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_testnodedown(node: Any, error: Any) -> None:
+    """The controller keeps each worker's facts for the one report it writes."""
+    output = getattr(node, "workeroutput", {}) or {}
+    if workers.FACTS in output:
+        found = node.config.stash.setdefault(_WORKER_FACTS, {})
+        found[str(node.workerinput["workerid"])] = workers.facts_in(output[workers.FACTS])
+
+
 def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> None:
     if LIFECYCLE not in config.stash:
         return
     masker = config.stash[MASKER]
-    lines = lifecycle_of(config).summary
+    merged = config.stash.get(_FACTS, None)
+    lines = list(merged.notes) if merged is not None else lifecycle_of(config).summary
     if config.stash.get(_REPORT_OUTCOME, None):
         lines = [*lines, config.stash[_REPORT_OUTCOME]]
     if lines:
         terminalreporter.section("swarm")
         for line in lines:
             terminalreporter.write_line(masker(line))
-    timings = lifecycle_of(config).timings
+    timings = list(merged.timings) if merged is not None else lifecycle_of(config).timings
     if timings:
         terminalreporter.section("swarm timing: declared waits and the rest")
         for found in timings:

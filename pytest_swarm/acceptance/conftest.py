@@ -83,10 +83,13 @@ def _started_early(
     defines ``start_early(request, main_stack, folder)``, returning a handle with ``close()``.
     When one of its tests is selected, it is started as soon as the main stack is up, so its
     waits overlap the other suites; the suite's module fixture takes the handle (take_early)."""
+    # An xdist worker collects every test but runs only the files it is given: it can't know
+    # which early work it will need, so each module starts its own when it runs.
+    under_xdist = hasattr(request.config, "workerinput")
     modules = {
         item.module.__name__: item.module
         for item in request.session.items
-        if isinstance(item, pytest.Function) and hasattr(item.module, "start_early")
+        if isinstance(item, pytest.Function) and hasattr(item.module, "start_early") and not under_xdist
     }
     started = request.config.stash.setdefault(EARLY, {})
     if modules:

@@ -198,3 +198,35 @@ def test_report_path_from_the_environment(project: pytest.Pytester, monkeypatch:
     monkeypatch.setenv("SWARM_REPORT", "from-env.md")
     project.runpytest("-p", "no:randomly")
     assert (project.path / "from-env.md").read_text().startswith("# pytest-swarm: FAILED")
+
+
+def test_under_xdist_the_controller_writes_one_report_with_every_worker(pytester: pytest.Pytester) -> None:
+    for name in ("test_one", "test_two"):
+        pytester.makepyfile(
+            **{
+                name: f"""
+from pytest_swarm import lifecycle_of
+
+def test_a(request):
+    lifecycle_of(request.config).note("{name} ran here")
+
+def test_b():
+    assert False, "{name} b fails"
+"""
+            }
+        )
+    result = pytester.runpytest_subprocess("-n", "2", "-p", "no:randomly", "--swarm-report=report.md")
+    result.assert_outcomes(passed=2, failed=2)
+    report = (pytester.path / "report.md").read_text()
+    assert report.splitlines()[0] == "# pytest-swarm: FAILED (2 passed, 2 failed)"
+    notes = [line for line in report.splitlines() if " ran here" in line]
+    assert sorted(line.split(": ", 1)[1] for line in notes) == ["test_one ran here", "test_two ran here"]
+    assert all(line.startswith("- gw") for line in notes), notes  # named by the worker that ran it
+    result.stdout.fnmatch_lines(["*gw?: test_one ran here*"])
+
+
+def test_under_xdist_keeping_a_cluster_is_a_usage_error(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile("def test_x(): pass")
+    result = pytester.runpytest_subprocess("-n", "2", "--swarm-keep=on-failure")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(["*under pytest-xdist each worker brings up its own*"])
