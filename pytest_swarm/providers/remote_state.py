@@ -35,7 +35,7 @@ from ..ownership import (
 )
 from ..waiting import Poll, wait_for
 from .engines import TRANSIENT, engine_client
-from .remote_access import Remote, SshAccess, alive, open_forward, stop_recorded
+from .remote_access import Remote, SshAccess, alive, open_forward, preflight, stop_recorded
 
 STACK_LABEL = "com.docker.stack.namespace"
 TASK_LABEL = "com.docker.swarm.task.id"
@@ -262,6 +262,7 @@ def reach_recorded(
             if not (alive(host.get("ssh_pid"), host.get("ssh_start")) and sock.exists()):
                 sock.parent.mkdir(parents=True, exist_ok=True)
                 remote = Remote.from_record(name, host)
+                preflight(access, remote)  # a host gone says so at once (no retries until a deadline)
                 open_forward(access, remote, sock, time.monotonic() + 60, state.recorder(name))
             client = engine_client(f"unix://{sock}", timeout=60)
             client.ping()
