@@ -11,6 +11,7 @@ Traffic goes only to the hosts these tests boot and to 127.0.0.1.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -23,11 +24,15 @@ from pathlib import Path
 
 import docker
 import pytest
+import testinfra
 
 from pytest_swarm import images
-from pytest_swarm.ownership import RUN_ROOT_ENV, SSH_STATE_FILE
+from pytest_swarm.ownership import RUN_ROOT_ENV, SSH_STATE_FILE, Session
 from pytest_swarm.providers import uml_host
+from pytest_swarm.providers.base import ProviderRun
+from pytest_swarm.providers.machine import MachineProvider
 from pytest_swarm.providers.uml_bare import BareHosts
+from pytest_swarm.settings import Settings
 
 NAMES = ["master-1", "worker-1", "worker-2"]
 IMAGE = "pytest-swarm-test/ssh-sleeper:1"
@@ -363,3 +368,59 @@ def test_a_host_that_cant_be_reached_is_one_error_naming_it(
         ]
     )
     assert _host_facts(hosts, "master-1")["swarm"] == "inactive"
+
+
+MACHINE_STAND_IN = r"""
+import json, os, sys
+machines = json.loads(os.environ["STANDIN_MACHINES"])  # name -> [address, key]
+command, name = sys.argv[1], sys.argv[-1]
+if name not in machines:
+    sys.stderr.write(f'Host does not exist: "{name}"\n')
+    sys.exit(1)
+address, key = machines[name]
+if command == "ip":
+    print(address)
+elif command == "inspect":
+    print(json.dumps({"Name": name, "Driver": {"IPAddress": address, "SSHUser": "root", "SSHPort": 22,
+                                               "SSHKeyPath": key}}))
+else:
+    sys.stderr.write(f"stand-in: {command} is not expected here\n")
+    sys.exit(3)
+"""
+
+
+def test_the_machine_provider_hands_its_machines_to_the_ssh_code(
+    hosts: BareHosts, run_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """docker-machine (a stand-in: ip and inspect of machines named with --swarm-machines) says
+    where the machines are; from there the ssh code path reaches them, forms the swarm, labels it,
+    copies images, runs commands, and takes it all back."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "docker-machine").write_text(f"#!{sys.executable}\n{MACHINE_STAND_IN}")
+    (bin_dir / "docker-machine").chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
+    monkeypatch.setenv(
+        "STANDIN_MACHINES", json.dumps({n: [hosts.addresses[n], str(hosts.key_file)] for n in NAMES})
+    )
+    settings = Settings(
+        rootdir=tmp_path,
+        provider="machine",
+        machines=tuple(NAMES),
+        node_labels={"master-1": {"reliability": "high"}},
+        timeout=120,
+    )
+    provider = MachineProvider(ProviderRun(settings, Session.new(), lambda _line: None))
+    try:
+        cluster = provider.up()
+        assert sorted(n.name for n in cluster.nodes()) == NAMES
+        assert cluster.node("master-1").labels == {"reliability": "high"}
+        assert cluster.manager_url == f"unix://{run_root / provider.session.id / 'master-1' / 'docker.sock'}"
+        provider.load_images([IMAGE])
+        for name in NAMES:
+            assert testinfra.get_host(provider.host_spec(name)).check_output("hostname") == name
+            assert images.image_exists(cluster.engines[name], IMAGE)
+        assert (run_root / provider.session.id / "known_hosts").read_text().count("ssh-ed25519") == 3
+    finally:
+        provider.down()
+    assert leftovers(hosts, run_root, provider.session.id) == []
