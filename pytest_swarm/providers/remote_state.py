@@ -115,8 +115,8 @@ def take_back(
     formed = bool(record.get("formed"))
     hosts: Mapping[str, Mapping[str, Any]] = record.get("hosts", {})
     manager_client = engines.get(manager) if manager not in skip else None
+    stacks = [s for s in recorded_stacks(session_id) if s not in record.get("stacks_before", [])]
     if not formed:
-        stacks = [s for s in recorded_stacks(session_id) if s not in record.get("stacks_before", [])]
         labels: Mapping[str, Mapping[str, str | None]] = record.get("labels", {})
         if manager_client is None and (stacks or labels) and manager not in skip:
             problems.append(f"{manager} not reached: stacks {stacks} and labels {dict(labels)} stay")
@@ -135,7 +135,8 @@ def take_back(
             node_id = leave(client)
             if node_id and not formed and manager_client is not None:
                 manager_client.api.remove_node(node_id, force=True)
-            problems += clear(client, name, had_gwbridge=bool(hosts.get(name, {}).get("gwbridge", True)))
+            had_gwbridge = bool(hosts.get(name, {}).get("gwbridge", True))
+            problems += clear(client, name, had_gwbridge, stacks if formed else [])
         except (docker.errors.DockerException, *TRANSIENT) as exc:
             problems.append(f"{name}: leaving the swarm failed: {exc}")
     return problems
@@ -150,8 +151,9 @@ def leave(client: docker.DockerClient) -> str:
     return str(swarm.get("NodeID", ""))
 
 
-def clear(client: docker.DockerClient, name: str, had_gwbridge: bool) -> list[str]:
-    """What joining left on a host that left: task containers, and docker_gwbridge when joining made it."""
+def clear(client: docker.DockerClient, name: str, had_gwbridge: bool, stacks: Sequence[str]) -> list[str]:
+    """What joining left on a host that left: task containers, the volumes of ``stacks`` (of a
+    swarm the run formed), and docker_gwbridge when joining made it."""
 
     def probe() -> Poll[None]:
         left = [c["Id"] for c in client.api.containers(all=True, filters={"label": TASK_LABEL})]
@@ -160,6 +162,9 @@ def clear(client: docker.DockerClient, name: str, had_gwbridge: bool) -> list[st
                 client.api.remove_container(container, force=True, v=True)
             except docker.errors.NotFound:
                 pass
+        for stack in [] if left else stacks:
+            for volume in client.volumes.list(filters={"label": f"{STACK_LABEL}={stack}"}):
+                volume.remove(force=True)
         if not had_gwbridge and client.api.networks(names=[GWBRIDGE]):
             try:
                 client.api.remove_network(GWBRIDGE)
