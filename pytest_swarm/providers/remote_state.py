@@ -10,6 +10,7 @@ network that joining left behind. Images copied to the hosts stay (a later run f
 
 from __future__ import annotations
 
+import contextlib
 import json
 import subprocess
 import threading
@@ -34,6 +35,7 @@ from ..ownership import (
     run_root,
 )
 from ..waiting import Poll, wait_for
+from .base import parallel
 from .engines import TRANSIENT, engine_client
 from .remote_access import Remote, SshAccess, alive, open_forward, preflight, stop_recorded
 
@@ -120,26 +122,61 @@ def take_back(
         labels: Mapping[str, Mapping[str, str | None]] = record.get("labels", {})
         if manager_client is None and (stacks or labels) and manager not in skip:
             problems.append(f"{manager} not reached: stacks {stacks} and labels {dict(labels)} stay")
-        elif manager_client is not None:
-            problems += remove_stacks(manager_client, manager_url, stacks, list(engines.values()))
-            problems += unlabel(manager_client, labels)
-    leaving = [n for n in record.get("joined", []) if n not in skip and n != manager]
-    if formed and manager not in skip:
-        leaving.append(manager)  # last: the workers leave a swarm that still has its manager
-    for name in leaving:
+        elif manager_client is not None and (stacks or labels):
+            try:
+                problems += remove_stacks(manager_client, manager_url, stacks, list(engines.values()))
+                problems += unlabel(manager_client, labels)
+            except (docker.errors.DockerException, *TRANSIENT) as exc:
+                problems.append(f"stacks {stacks} and labels {dict(labels)} not taken back: {exc}")
+    workers = [n for n in record.get("joined", []) if n not in skip and n != manager]
+    ingress = ingress_network(manager_client) if workers or formed else None
+
+    def depart(name: str) -> list[str]:
         client = engines.get(name)
         if client is None:
-            problems.append(f"{name} not reached: it is still in the swarm")
-            continue
+            return [f"{name} not reached: it is still in the swarm"]
         try:
+            if ingress is not None and not hosts.get(name, {}).get("gwbridge", True):
+                settle(client, name, ingress)
             node_id = leave(client)
             if node_id and not formed and manager_client is not None:
                 manager_client.api.remove_node(node_id, force=True)
             had_gwbridge = bool(hosts.get(name, {}).get("gwbridge", True))
-            problems += clear(client, name, had_gwbridge, stacks if formed else [])
+            return clear(client, name, had_gwbridge, stacks if formed else [])
         except (docker.errors.DockerException, *TRANSIENT) as exc:
-            problems.append(f"{name}: leaving the swarm failed: {exc}")
+            return [f"{name}: leaving the swarm failed: {exc}"]
+
+    for found in parallel(depart, workers):
+        problems += found
+    if formed and manager not in skip:  # last: the workers left a swarm that still had its manager
+        problems += depart(manager)
     return problems
+
+
+def ingress_network(manager: docker.DockerClient | None) -> str | None:
+    """The swarm's ingress network, as its manager knows it (None: no manager, or no ingress)."""
+    if manager is None:
+        return None
+    try:
+        return next((str(n["Name"]) for n in manager.api.networks() if n.get("Ingress")), None)
+    except (docker.errors.DockerException, *TRANSIENT):
+        return None
+
+
+def settle(client: docker.DockerClient, name: str, ingress: str) -> None:
+    """Wait (bounded) until a node that joined has set up its ingress sandbox, which makes
+    docker_gwbridge: one still being set up when the node leaves finishes after it, and leaves
+    docker_gwbridge behind (seen on a UML host that left 10 s after joining)."""
+
+    def probe() -> Poll[None]:
+        try:
+            containers = client.api.inspect_network(ingress).get("Containers") or {}
+        except docker.errors.NotFound:
+            containers = {}
+        return Poll("ingress-sbox" in containers, "no ingress sandbox yet")
+
+    with contextlib.suppress(ConvergenceTimeout):
+        wait_for(probe, what=f"{name}'s ingress sandbox", timeout=30, interval=0.2, transient=TRANSIENT)
 
 
 def leave(client: docker.DockerClient) -> str:
