@@ -43,6 +43,7 @@ STACK_LABEL = "com.docker.stack.namespace"
 TASK_LABEL = "com.docker.swarm.task.id"
 GWBRIDGE = "docker_gwbridge"
 REMOVE_TIMEOUT = 120.0
+STALE_AFTER = 5.0  # seconds after leaving that an ingress endpoint still on docker_gwbridge is stale
 Progress = Callable[[str], None]
 
 
@@ -191,6 +192,7 @@ def leave(client: docker.DockerClient) -> str:
 def clear(client: docker.DockerClient, name: str, had_gwbridge: bool, stacks: Sequence[str]) -> list[str]:
     """What joining left on a host that left: task containers, the volumes of ``stacks`` (of a
     swarm the run formed), and docker_gwbridge when joining made it."""
+    since = time.monotonic()
 
     def probe() -> Poll[None]:
         left = [c["Id"] for c in client.api.containers(all=True, filters={"label": TASK_LABEL})]
@@ -203,6 +205,8 @@ def clear(client: docker.DockerClient, name: str, had_gwbridge: bool, stacks: Se
             for volume in client.volumes.list(filters={"label": f"{STACK_LABEL}={stack}"}):
                 volume.remove(force=True)
         if not had_gwbridge and client.api.networks(names=[GWBRIDGE]):
+            if time.monotonic() - since > STALE_AFTER:
+                drop_stale_ingress_endpoint(client)
             try:
                 client.api.remove_network(GWBRIDGE)
             except docker.errors.NotFound:
@@ -215,6 +219,19 @@ def clear(client: docker.DockerClient, name: str, had_gwbridge: bool, stacks: Se
     except ConvergenceTimeout as exc:
         return [f"{name}: {exc}"]
     return []
+
+
+def drop_stale_ingress_endpoint(client: docker.DockerClient) -> None:
+    """Engine 20.10 may keep the ingress sandbox's endpoint on docker_gwbridge after the node left
+    the swarm (seen on UML hosts that left while their first tasks started): nothing releases it
+    then, and docker_gwbridge can't be removed. It is deleted by name, as ``docker network
+    disconnect -f`` does; only that endpoint, and only on an engine in no swarm."""
+    if (client.info().get("Swarm") or {}).get("LocalNodeState") != "inactive":
+        return
+    endpoints = client.api.inspect_network(GWBRIDGE).get("Containers") or {}
+    stale = endpoints.get("ingress-sbox")
+    if stale:
+        client.api.disconnect_container_from_network(str(stale["Name"]), GWBRIDGE, force=True)
 
 
 def remove_stacks(

@@ -317,14 +317,16 @@ def test_on_a_swarm_it_found_it_takes_back_only_what_it_added(
 
 
 def _start_run(project: pytest.Pytester, hosts: BareHosts, marker: Path) -> subprocess.Popen[bytes]:
-    """A run in the background (held by the hold test, should its stack converge first)."""
-    return subprocess.Popen(
-        [sys.executable, "-m", "pytest", *_args(hosts)],
-        cwd=project.path,
-        env={**os.environ, "SSH_TEST_HOLD": str(marker)},
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+    """A run in the background (held by the hold test, should its stack converge first); its
+    output goes to run.log beside ``marker``."""
+    with open(marker.with_name("run.log"), "wb") as log:
+        return subprocess.Popen(
+            [sys.executable, "-m", "pytest", "-s", *_args(hosts)],
+            cwd=project.path,
+            env={**os.environ, "SSH_TEST_HOLD": str(marker), "PYTHONUNBUFFERED": "1"},
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
 
 
 def _wait_deploying(run: subprocess.Popen[bytes], hosts: BareHosts, run_root: Path, known: set[str]) -> str:
