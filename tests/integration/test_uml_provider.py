@@ -7,6 +7,7 @@ Traffic goes only to the addresses of the nodes these tests create.
 
 from __future__ import annotations
 
+import copy
 import signal
 import subprocess
 import sys
@@ -340,7 +341,8 @@ def test_interrupted_up_leaves_nothing(monkeypatch: pytest.MonkeyPatch) -> None:
 
     def connect_then_interrupt(node: str, deadline: float) -> None:
         if once.acquire(blocking=False):  # both boot threads get here: one Ctrl-C only
-            seen.update(recorded(provider.session.id))
+            with provider._guard:  # what the run holds now (its file may be mid-write)
+                seen.update(copy.deepcopy(provider._state))
             signal.pthread_kill(main, signal.SIGINT)
         real_connect(node, deadline)
 
