@@ -126,6 +126,8 @@ def render(source: StackSource) -> dict[str, Any]:
         model = render(StackSource("dev", Path(".env_DEV"), (Path("docker-compose.yml"),)))
         assert model["services"]["ui"]["deploy"]["replicas"] == 3
     """
+    if not source.compose_files:
+        raise StackError(f"no compose file to render {source.env} from: give them with --swarm-stacks")
     compose.check(source.compose_files)
     values = source.values()
     missing = missing_variables(source.compose_files, values)

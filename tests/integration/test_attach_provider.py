@@ -156,7 +156,7 @@ def stack_images(engine: docker.DockerClient) -> list[str]:
     """Every image the root project's envs need (built or found on the local engine)."""
     ini = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["pytest"]["ini_options"]
     settings = resolve(
-        {}, {}, {"build": ini.get("swarm_build"), "offline_images": ini.get("swarm_offline_images")}, ROOT
+        {}, {}, {k.removeprefix("swarm_"): v for k, v in ini.items() if k.startswith("swarm_")}, ROOT
     )
     refs: set[str] = set()
     for env, env_file in settings.envs.items():

@@ -74,13 +74,15 @@ def test_mistakes_that_deploy_fail_exactly_their_requirements(pytester: pytest.P
     found = failures(
         team_repository(pytester, mistakes), *SUITES, "pytest_swarm.acceptance.test_limits", "-k", "not oom"
     )
-    assert sorted(found) == [
-        "test_requirement[L03-app-services-run-at-least-3-replicas]",
-        "test_requirement[L06-post-and-comment-update-2-at-a-time-10s-apart-rolling-back-on-failure]",
-        "test_requirement[L07-ui-limited-to-0-25-cpu-and-150m]",
-        "test_requirement[L11-app-images-carry-a-version-tag-never-latest-rollback-restores-a-tag]",
-        "test_requirement[L17-ui-shows-the-env-it-runs-in-env-from-the-env-file]",
-    ], found
+    assert sorted(found) == sorted(
+        [
+            "test_requirement[L03-app-services-run-at-least-3-replicas]",
+            "test_requirement[L06-post-and-comment-update-2-at-a-time-10s-apart-rolling-back-on-failure]",
+            "test_requirement[L07-ui-limited-to-0-25-cpu-and-150m]",
+            "test_requirement[L11-app-images-carry-a-version-tag-never-latest-rollback-restores-a-tag]",
+            "test_requirement[L17-ui-shows-the-env-it-runs-in-env-from-the-env-file]",
+        ]
+    ), found
     messages = "\n".join(found.values())
     assert "post: replicas 2, required >= 3" in messages
     assert "comment: update parallelism 1, required 2" in messages
@@ -96,12 +98,14 @@ def test_a_constraint_no_node_meets_fails_that_service_by_name(pytester: pytest.
     # The default timeout: mongo never converges, so the run waits all of it, and the others must
     # be up by then (30 s was too short once in CI: comment and post were still starting).
     found = failures(team_repository(pytester, mistake), *SUITES)
-    assert sorted(found) == [
-        "test_declared_replicas_are_running[mongo]",
-        "test_every_running_task_meets_its_constraints[mongo]",
-        "test_requirement[L01-mongo-runs-only-on-the-reliability-high-node]",
-        "test_replicated_tasks_spread_evenly[mongo]",
-    ], found
+    assert sorted(found) == sorted(
+        [
+            "test_declared_replicas_are_running[mongo]",
+            "test_every_running_task_meets_its_constraints[mongo]",
+            "test_requirement[L01-mongo-runs-only-on-the-reliability-high-node]",
+            "test_replicated_tasks_spread_evenly[mongo]",
+        ]
+    ), found
     assert (
         "mongo: declared replicas 1, applied 1, running 0; last task error: "
         in found["test_declared_replicas_are_running[mongo]"]

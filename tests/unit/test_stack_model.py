@@ -1,3 +1,4 @@
+import shutil
 from pathlib import Path
 
 import pytest
@@ -10,6 +11,7 @@ from pytest_swarm.stack import (
     missing_variables,
     port_clashes,
     published_ports,
+    render,
     required_variables,
     stack_name,
 )
@@ -82,3 +84,21 @@ def test_port_clashes_are_named() -> None:
     assert published_ports(model(9292)) == {9292: "ui"}
     assert port_clashes({"DEV": model(9292), "STAGE": model(9293)}) == []
     assert port_clashes({"DEV": model(9292), "STAGE": model(9292)}) == ["port 9292: DEV ui and STAGE ui"]
+
+
+def test_what_docker_refuses_names_the_compose_file_and_its_reason(tmp_path: Path) -> None:
+    """Rendering is the docker CLI's (``docker stack config``, no engine needed); its refusal is
+    carried with the file it is about, found by rendering each file alone."""
+    if shutil.which("docker") is None:
+        pytest.skip("needs the docker CLI (docker stack config)")
+    env = tmp_path / "dev.env"
+    env.write_text("ENV=DEV\n")
+    good = tmp_path / "docker-compose.yml"
+    good.write_text("version: '3.8'\nservices:\n  web: {image: 'web:1'}\n")
+    bad = tmp_path / "docker-compose.override.yml"
+    bad.write_text("version: '3.8'\nservices:\n  web: {deploy: {replicas: many}}\n")
+    with pytest.raises(StackError) as info:
+        render(StackSource("dev", env, (good, bad)))
+    message = str(info.value)
+    assert message.startswith(f"docker refuses the stack of dev: {bad}: "), message
+    assert "replicas" in message
