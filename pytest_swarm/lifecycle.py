@@ -16,7 +16,7 @@ import pytest
 from .cluster import Cluster, Node
 from .errors import ConvergenceTimeout, ProvisioningError, StackError, SwarmError
 from .images import prepare_stack_images
-from .ownership import Session, forget_kept, read_kept, run_root, write_kept
+from .ownership import Session, forget_kept, read_kept, record_stack, run_root, write_kept
 from .placement import missing_labels
 from .providers.base import Provider, ProviderRun
 from .providers.engines import local_engine
@@ -200,6 +200,7 @@ class SwarmLifecycle:
         """Deploy ``source`` on the cluster (not cached) and, with ``wait``, let it converge."""
         cluster = self.cluster()
         assert self.provider is not None
+        record_stack(self.session, source.name())  # before it exists: a killed run's sweep finds it
         stack = deploy(
             cluster,
             self.provider.load_images,

@@ -27,6 +27,8 @@ KEPT_FILE = "kept.json"  # in the run folder: the cluster is kept, and how to re
 PROJECT_FILE = "project"  # in the run folder: the rootdir of the run that made it
 UML_STATE_FILE = "uml.json"  # in the run folder: a UML run's record; its own sweep removes what it lists
 MACHINE_STATE_FILE = "machine.json"  # in the run folder: the machines a machine run created
+SSH_STATE_FILE = "ssh.json"  # in the run folder: the hosts an ssh (or machine) run reached, what it did there
+STACKS_FILE = "stacks"  # in the run folder: the stacks the run deployed, one name a line
 STATE_DIR = ".pytest-swarm"  # under the rootdir: which kept cluster belongs to this project
 
 
@@ -171,6 +173,23 @@ def remove_cgroup_tree(top: Path) -> list[str]:
         except OSError as exc:
             problems.append(f"{folder}: {exc.strerror}")
     return problems
+
+
+def record_stack(session: Session, name: str) -> None:
+    """Note, before it is deployed, a stack the run deploys (a provider whose swarm outlives the
+    run removes what a killed run deployed by this list). Only where the run has a folder."""
+    if not session.run_dir.is_dir():
+        return
+    if name not in recorded_stacks(session.id):
+        with open(session.run_dir / STACKS_FILE, "a") as stacks:
+            stacks.write(name + "\n")
+
+
+def recorded_stacks(session_id: str) -> list[str]:
+    try:
+        return [line for line in (run_root() / session_id / STACKS_FILE).read_text().splitlines() if line]
+    except OSError:
+        return []
 
 
 def remove_run_dir(session_id: str) -> None:

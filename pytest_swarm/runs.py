@@ -14,6 +14,7 @@ from .ownership import (
     KEPT_FILE,
     MACHINE_STATE_FILE,
     PROJECT_FILE,
+    SSH_STATE_FILE,
     STATE_DIR,
     UML_STATE_FILE,
     owner_alive,
@@ -78,6 +79,8 @@ def _provider(folder: Path, kept: dict[str, Any] | None) -> str:
         return "uml"
     if (folder / MACHINE_STATE_FILE).exists():
         return "machine"
+    if (folder / SSH_STATE_FILE).exists():
+        return "ssh"
     return "dind"
 
 

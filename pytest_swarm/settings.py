@@ -129,10 +129,37 @@ OPTIONS: tuple[Option, ...] = (
     Option("gce_zone", "machine (google): GCE zone", DEFAULT_GCE_ZONE),
     Option("gce_machine_type", "machine (google): GCE machine type", DEFAULT_GCE_MACHINE_TYPE),
     Option("gce_image", "machine (google): GCE machine image", DEFAULT_GCE_IMAGE),
+    Option(
+        "ssh_hosts",
+        "ssh: the hosts, NAME=[USER@]HOST[:PORT] (NAME = its hostname; the first is the manager)",
+        "",
+        "linelist",
+    ),
+    Option("ssh_key", "ssh: the private key to log in with (else ssh-agent / the ssh config's)", ""),
+    Option("ssh_config", "ssh: an ssh config file used instead of ~/.ssh/config (as ssh -F)", ""),
+    Option(
+        "ssh_install",
+        "ssh: install Debian's docker.io with apt where a host has no engine (and let the user use it)",
+        "false",
+        flag=True,
+    ),
 )
 OPTIONS_BY_NAME = {o.name: o for o in OPTIONS}
 
 Labels = Mapping[str, Mapping[str, str]]
+
+
+@dataclass(frozen=True)
+class SshTarget:
+    """One host as ``swarm_ssh_hosts`` names it: ``NAME=[USER@]HOST[:PORT]``."""
+
+    name: str
+    host: str
+    user: str = ""  # "" = what the ssh config says (else the local user name)
+    port: int = 22
+
+    def __str__(self) -> str:
+        return f"{self.user + '@' if self.user else ''}{self.host}:{self.port}"
 
 
 @dataclass(frozen=True)
@@ -167,6 +194,10 @@ class Settings:
     gce_zone: str = DEFAULT_GCE_ZONE
     gce_machine_type: str = DEFAULT_GCE_MACHINE_TYPE
     gce_image: str = DEFAULT_GCE_IMAGE
+    ssh_hosts: tuple[SshTarget, ...] = ()
+    ssh_key: Path | None = None
+    ssh_config: Path | None = None
+    ssh_install: bool = False
     sources: Mapping[str, str] = field(default_factory=dict)  # option -> cli|env|ini|default
 
     def envs_found(self) -> str:
@@ -183,6 +214,8 @@ class Settings:
 
     @property
     def node_names(self) -> tuple[str, ...]:
+        if self.provider == "ssh" and self.ssh_hosts:  # the hosts named, manager first
+            return tuple(target.name for target in self.ssh_hosts)
         return ("master-1", *(f"worker-{i}" for i in range(1, self.workers + 1)))
 
     def planned_nodes(self) -> list[NodeFacts]:
@@ -192,7 +225,7 @@ class Settings:
             NodeFacts(
                 id=name,
                 hostname=name,
-                role="manager" if name == "master-1" else "worker",
+                role="manager" if name == self.node_names[0] else "worker",
                 labels=self.labels_for(name, self.node_labels),
                 engine_labels=self.labels_for(name, self.engine_labels),
             )
@@ -263,6 +296,10 @@ def resolve(
         return p if p.is_absolute() else rootdir / p
 
     provider = _choice("provider", text("provider"), PROVIDERS)
+    ssh_hosts = parse_ssh_hosts(items("ssh_hosts"))
+    workers = _integer("workers", text("workers"), minimum=0)
+    if provider == "ssh":
+        workers = _ssh_workers(ssh_hosts, workers, sources["workers"])
     stacks = tuple(path(p) for p in items("stacks")) or _default_stacks(rootdir)
     patterns = tuple(_env_pattern(p) for p in items("env_files"))
     envs = envfiles.find_envs(rootdir, patterns, exclude=compose.referenced_env_files(stacks))
@@ -276,7 +313,7 @@ def resolve(
         env_file=env_file,
         envs=envs,
         provider=provider,
-        workers=_integer("workers", text("workers"), minimum=0),
+        workers=workers,
         keep=_choice("keep", text("keep"), KEEP_CHOICES),
         reuse=_boolean("reuse", text("reuse")),
         timeout=_number("timeout", text("timeout")),
@@ -299,6 +336,10 @@ def resolve(
         gce_zone=text("gce_zone"),
         gce_machine_type=text("gce_machine_type"),
         gce_image=text("gce_image"),
+        ssh_hosts=ssh_hosts,
+        ssh_key=_existing_file("ssh_key", text("ssh_key"), path),
+        ssh_config=_existing_file("ssh_config", text("ssh_config"), path),
+        ssh_install=_boolean("ssh_install", text("ssh_install")),
         sources=sources,
     )
 
@@ -475,6 +516,54 @@ def _machine_names(names: Sequence[str]) -> tuple[str, ...]:
     if len(set(names)) != len(names):
         raise SettingsError(f"--swarm-machines: a machine is named twice in {','.join(names)}")
     return tuple(names)
+
+
+def parse_ssh_hosts(entries: Sequence[str]) -> tuple[SshTarget, ...]:
+    """``master-1=root@10.0.0.5:2222`` entries -> SshTarget, in the order given (manager first)."""
+    form = "write NAME=[USER@]HOST[:PORT], e.g. master-1=root@10.0.0.5 or worker-1=deploy@node2:2222"
+    targets: list[SshTarget] = []
+    for entry in entries:
+        name, eq, where = entry.partition("=")
+        user, at, host_port = where.rpartition("@")
+        host, colon, port = host_port.partition(":")
+        if not (
+            eq
+            and re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9.-]*", name)
+            and re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9.-]*", host)
+            and (not at or re.fullmatch(r"[A-Za-z0-9._][A-Za-z0-9._-]*", user))
+            and (not colon or (port.isdigit() and 0 < int(port) < 65536))
+        ):
+            raise SettingsError(f"swarm_ssh_hosts: {entry!r} is not valid; {form}")
+        targets.append(SshTarget(name=name, host=host, user=user, port=int(port) if colon else 22))
+    names = [t.name for t in targets]
+    twice = sorted({n for n in names if names.count(n) > 1})
+    if twice:
+        raise SettingsError(f"swarm_ssh_hosts: {', '.join(twice)} named twice; give each host its own name")
+    return tuple(targets)
+
+
+def _ssh_workers(hosts: Sequence[SshTarget], workers: int, source: str) -> int:
+    """The ssh provider's workers are its hosts after the first; --swarm-workers may only agree."""
+    if not hosts:
+        raise SettingsError(
+            "--swarm-provider=ssh needs the hosts: give swarm_ssh_hosts in the ini file (or "
+            "SWARM_SSH_HOSTS), one NAME=[USER@]HOST[:PORT] per line, the manager first"
+        )
+    if source != "default" and workers != len(hosts) - 1:
+        raise SettingsError(
+            f"--swarm-workers={workers} does not match swarm_ssh_hosts ({len(hosts)} hosts: the "
+            f"manager and {len(hosts) - 1} workers); leave --swarm-workers out with --swarm-provider=ssh"
+        )
+    return len(hosts) - 1
+
+
+def _existing_file(name: str, value: str, path: Callable[[str], Path]) -> Path | None:
+    if not value:
+        return None
+    found = path(value)
+    if not found.is_file():
+        raise SettingsError(f"{OPTIONS_BY_NAME[name].cli}={value}: no such file ({found})")
+    return found
 
 
 def _variables(entries: Sequence[str]) -> dict[str, str]:

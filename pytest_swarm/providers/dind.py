@@ -24,6 +24,7 @@ from ..ownership import (
     MACHINE_STATE_FILE,
     OWNER_LABEL,
     SESSION_LABEL,
+    SSH_STATE_FILE,
     UML_STATE_FILE,
     cgroup_dirs,
     is_kept,
@@ -260,7 +261,7 @@ def sweep(client: docker.DockerClient, progress: images.Progress) -> list[str]:
     for _kind, _ref, labels in labelled(client, SESSION_LABEL):
         owners.setdefault(labels.get(SESSION_LABEL, ""), labels.get(OWNER_LABEL, ""))
     stale = {sid for sid, owner in owners.items() if sid and not is_kept(sid) and not owner_alive(owner)}
-    stale |= set(stale_run_dirs(unless_holding=(UML_STATE_FILE, MACHINE_STATE_FILE)))
+    stale |= set(stale_run_dirs(unless_holding=(UML_STATE_FILE, MACHINE_STATE_FILE, SSH_STATE_FILE)))
     for sid in sorted(stale):
         remove_session(client, sid)
     if stale:

@@ -1,47 +1,34 @@
 """machine: swarm nodes as docker-machine machines (``--driver google`` for GCE, as in the lesson).
 
-``machine_cli`` drives docker-machine and records what this run created; the provider reaches
-each machine's engine over TLS with the certificates docker-machine made, then forms the swarm
-with ``base.form_swarm`` like every provider.
+docker-machine makes the machines (``machine_cli``: create, ip, inspect, rm, and the record of
+which machines THIS run created); from there they are hosts reached over ssh like the ssh
+provider's (``remote_nodes``): docker-machine's ssh user, key and address, the engine through
+an ssh socket forward (no TLS port is used), testinfra over the same connection, the stack's
+images copied to each engine, the swarm formed (or used) and labelled.
 
-Images: the stack's images are built on the test runner and copied to every node's engine
-(``docker save`` once, ``docker load`` on each engine over its TLS API), the same path dind
-uses; no registry is needed.
+docker-machine's provisioners run ``sudo docker``: on a machine this run created, its ssh user
+is added to the docker group so the forward may use the engine socket. The host keys of the
+machines are trusted on first use, in a known_hosts file of the run's own (docker-machine itself
+checks none).
 """
 
 from __future__ import annotations
 
 import os
-import time
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, ClassVar
 
-import docker.errors
-
 from .. import images
-from ..capabilities import probe_capabilities
 from ..cluster import Cluster
-from ..commands import TLS_CERT_PATHS
 from ..errors import ProvisioningError
 from ..ownership import remove_run_dir
-from .base import (
-    Engine,
-    LocalEngine,
-    Provider,
-    ProviderRun,
-    admit,
-    apply_node_labels,
-    copy_images,
-    forget,
-    form_swarm,
-    join_late,
-    leave,
-    new_node_name,
-    parallel,
-    wait_ready,
-)
-from .engines import TRANSIENT, engine_client, tls_config
-from .machine_cli import CREATE_TIMEOUT, MachineCli, Machines, Reach, create_flags, remove_session, sweep
+from .base import LocalEngine, Provider, ProviderRun, new_node_name, parallel
+from .engines import local_engine
+from .machine_cli import CREATE_TIMEOUT, MachineCli, Machines, MachineState, create_flags, sweep
+from .machine_cli import remove_session as remove_machines
+from .remote_access import Remote
+from .remote_nodes import RemoteNodes
+from .remote_state import remove_session as take_back_session
 
 
 class MachineProvider:
@@ -78,10 +65,11 @@ class MachineProvider:
             )
 
         self.machines = Machines(self.session, cli or MachineCli(), flags, self.progress)
-        self._reach: dict[str, Reach] = {}
-        self._engines: dict[str, Engine] = {}
-        self._images: set[str] = set()
-        self.cluster: Cluster | None = None
+        self.nodes = RemoteNodes(run, self.name, s.ssh_config)
+
+    @property
+    def cluster(self) -> Cluster | None:
+        return self.nodes.cluster
 
     # -- docker-machine layer -----------------------------------------------------------------
     def _check_settings(self) -> None:
@@ -97,76 +85,44 @@ class MachineProvider:
                 "GOOGLE_APPLICATION_CREDENTIALS"
             )
 
-    def _connect(self, name: str) -> Engine:
-        reach = self.machines.reach(name)
-        self._reach[name] = reach
-        client = engine_client(reach.engine_url, tls_config(reach.cert_path, verify=True))
-        TLS_CERT_PATHS[reach.engine_url] = reach.cert_path
-        engine = Engine(name, client, reach.address)
-        self._engines[name] = engine
-        return engine
+    def remote(self, name: str) -> Remote:
+        """How the run reaches machine ``name`` over ssh (from docker-machine ip and inspect)."""
+        known_hosts = self.session.run_dir / "known_hosts"
+        return self.machines.remote(
+            name, (f"UserKnownHostsFile={known_hosts}", "StrictHostKeyChecking=accept-new")
+        )
+
+    def _may_set_up(self) -> list[str]:
+        """Machines whose ssh user may be given the engine: this run's own (all: --swarm-ssh-install)."""
+        return list(self.names) if self.settings.ssh_install else self.machines.state.created
 
     # -- lifecycle -----------------------------------------------------------------------------
     def up(self) -> Cluster:
-        started = time.monotonic()
         try:
             self._check_settings()
             if self.create:
-                sweep(self.progress, self.machines.cli)
+                sweep(self.progress, self.machines.cli, remove=self._remove_dead_run)
                 self.progress(f"creating machines {', '.join(self.names)} ({self.settings.machine_driver})")
                 self.machines.create_all(self.names)
-            parallel(self._connect, self.names)
-            manager, workers = self._engines[self.names[0]], [self._engines[n] for n in self.names[1:]]
-            swarm_state = (manager.client.info().get("Swarm") or {}).get("LocalNodeState", "")
-            if swarm_state != "active":
-                self.machines.session.make_run_dir()
-                for name in self.names:
-                    self.machines.state.add("swarm_formed_on", name)
-                form_swarm(manager, workers)
-            wait_ready(manager.client, self.names, self.settings.timeout)
-            apply_node_labels(
-                manager.client, {n: v for n, v in self.settings.node_labels.items() if n in self.names}
-            )
-            return self._cluster(started)
+            self.nodes.start(self.names[0])
+            remotes = parallel(self.remote, self.names)
+            return self.nodes.up(remotes, install=self._may_set_up())
         except BaseException:
             self.down()
             raise
 
-    def _cluster(self, started: float) -> Cluster:
-        manager = self._engines[self.names[0]]
-        self.cluster = Cluster(
-            provider=self.name,
-            client=manager.client,
-            manager_url=self._reach[self.names[0]].engine_url,
-            addresses={n: e.address for n, e in self._engines.items()},
-            engines={n: e.client for n, e in self._engines.items()},
-        )
-        self.cluster.capabilities = probe_capabilities(self, list(self._engines))
-        self.cluster.seconds_to_ready = time.monotonic() - started
-        return self.cluster
-
     def attach(self, nodes: Sequence[str]) -> Cluster:
         """Reach the machines of a kept cluster again."""
-        started = time.monotonic()
         self.names = list(nodes)
-        parallel(self._connect, self.names)
-        wait_ready(self._engines[self.names[0]].client, self.names, self.settings.timeout)
-        return self._cluster(started)
+        return self.nodes.attach(nodes)
 
     def add_node(self, role: str = "worker", labels: Mapping[str, str] | None = None) -> str:
         if self.cluster is None:
             raise ProvisioningError("add_node needs a running cluster (call up() first)")
-        name = new_node_name(role, self._engines)
+        name = new_node_name(role, self.names)
         self.machines.create(name)
-        engine = self._connect(name)
-        self.load_images(sorted(self._images))
-        manager = self._engines[self.names[0]]
-        join_late(manager, engine, role, self.settings.timeout)
+        self.nodes.add(self.remote(name), role, labels, install=True)
         self.names.append(name)
-        wait_ready(manager.client, self.names, self.settings.timeout)
-        if labels:
-            apply_node_labels(manager.client, {name: labels})
-        admit(self.cluster, name, engine, probe_capabilities(self, [name]))
         return name
 
     def remove_node(self, name: str) -> None:
@@ -175,66 +131,55 @@ class MachineProvider:
             raise ProvisioningError(f"{name} is the manager of this cluster and can't be removed")
         if name not in self.machines.state.created:
             raise ProvisioningError(f"machine {name} was not created by this run; it is never removed")
-        manager = self._engines[self.names[0]].client
-        node_id = leave(manager, self._engines.pop(name))
+        self.nodes.remove(name)
         self.machines.remove(name)
         self.names.remove(name)
-        forget(manager, self.cluster, name, node_id)
 
     def stop_node(self, name: str) -> None:
         self.machines.cli.run(["stop", name], timeout=CREATE_TIMEOUT)
+        self.nodes.disconnect(name)
 
     def start_node(self, name: str) -> None:
         self.machines.cli.run(["start", name], timeout=CREATE_TIMEOUT)
-        self._connect(name)  # its address may have changed
-        wait_ready(self._engines[self.names[0]].client, self.names, self.settings.timeout)
+        self.nodes.reconnect(self.remote(name))  # its address may have changed
 
     def load_images(self, refs: Sequence[str]) -> None:
-        """Copy what the stack needs to every machine's engine: one ``docker save``, loaded in parallel."""
-        self._images.update(refs)
-        self.session.make_run_dir()
-        clients = {n: e.client for n, e in self._engines.items()}
-        copy_images(clients, refs, self.session.run_dir / "images.tar")
+        """Copy what the stack needs to every machine's engine, over ssh."""
+        self.nodes.load_images(refs)
 
     def address(self, node: str) -> str:
-        return self._engines[node].address
+        return self.nodes.address(node)
 
     def host_spec(self, node: str) -> str:
-        return self._reach[node].host_spec
+        return self.nodes.host_spec(node)
 
     def keep(self) -> dict[str, str]:
-        return {
-            "provider": self.name,
-            "nodes": ",".join(self.names),
-            "DOCKER_HOST": self._reach[self.names[0]].engine_url if self.names[0] in self._reach else "",
-        }
+        return self.nodes.keep()
 
     def down(self) -> None:
-        """Remove the machines this run created; named machines stay (leaving a swarm this run formed)."""
-        created = set(self.machines.state.created)
-        formed = set(self.machines.state.read().get("swarm_formed_on", []))
-        for name in [n for n in self.names if n in formed and n not in created and n in self._engines]:
-            try:
-                self._engines[name].client.swarm.leave(force=True)
-            except (docker.errors.APIError, *TRANSIENT):
-                pass  # not in the swarm (any more)
-        for engine in self._engines.values():
-            engine.client.close()
-        self._engines.clear()
-        problems = self.machines.remove_created()
+        """Remove the machines this run created; on named ones take back what the run did."""
+        problems = self.nodes.down(skip=self.machines.state.created)
+        problems += self.machines.remove_created()
         if problems:
             raise ProvisioningError("; ".join(problems))
         remove_run_dir(self.session.id)
 
     @classmethod
+    def _remove_dead_run(cls, session_id: str) -> list[str]:
+        return cls.remove_session(session_id, local_engine)
+
+    @classmethod
     def remove_session(cls, session_id: str, local: LocalEngine) -> list[str]:
-        """Remove the machines the run recorded as created (named machines never), then its folder."""
-        return remove_session(session_id)
+        """Take back what the run did on named machines, remove the machines it created, then its folder."""
+        created = MachineState(session_id).created
+        problems = take_back_session(session_id, skip=created, remove_folder=False)
+        problems += remove_machines(session_id, remove_folder=not problems)
+        return problems
 
     @classmethod
     def sweep(cls, progress: images.Progress, local: LocalEngine) -> list[str]:
-        """Remove the machines dead runs created, each by its record."""
-        return sweep(progress)
+        """Remove what dead machine runs made, each by its record."""
+        return sweep(progress, remove=cls._remove_dead_run)
 
 
 if TYPE_CHECKING:  # mypy holds the class to the contract the registry promises

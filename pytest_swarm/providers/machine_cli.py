@@ -1,5 +1,5 @@
 """machine, the docker-machine layer (testable without a cloud): the command lines (create, ip,
-inspect, env, rm, ls), the classification of its errors (quota, rate limits, 5xx and timeouts are
+inspect, rm, ls), the classification of its errors (quota, rate limits, 5xx and timeouts are
 retried with backoff; auth and invalid arguments are not), and the record of which machines THIS
 run created (``machine.json`` in the run folder; only those are ever removed).
 
@@ -16,7 +16,6 @@ import subprocess
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +25,7 @@ from .. import images
 from ..errors import ProvisioningError
 from ..ownership import MACHINE_STATE_FILE, Session, is_kept, owner_alive, remove_run_dir, run_root
 from .base import parallel
+from .remote_access import Remote
 
 STATE_FILE = MACHINE_STATE_FILE
 CREATE_TIMEOUT = 900.0  # a GCE machine with docker installed by the provisioner: minutes
@@ -124,15 +124,6 @@ class MachineCli:
 
     def inspect(self, name: str) -> dict[str, Any]:
         found: dict[str, Any] = json.loads(self.run(["inspect", name]))
-        return found
-
-    def env(self, name: str) -> dict[str, str]:
-        """``docker-machine env --shell bash NAME`` as a mapping (DOCKER_HOST, DOCKER_CERT_PATH ...)."""
-        found: dict[str, str] = {}
-        for line in self.run(["env", "--shell", "bash", name]).splitlines():
-            if line.startswith("export ") and "=" in line:
-                key, _, value = line[len("export ") :].partition("=")
-                found[key.strip()] = value.strip().strip('"')
         return found
 
     def rm(self, name: str) -> None:
@@ -292,50 +283,36 @@ class Machines:
         parallel(remove, self.state.created)
         return problems
 
-    def reach(self, name: str) -> Reach:
-        """How the test runner reaches ``name``: address, engine URL and certs, ssh."""
+    def remote(self, name: str, options: Sequence[str] = ()) -> Remote:
+        """How the test runner reaches ``name`` over ssh: its address, docker-machine's ssh user,
+        port and key (``docker-machine ip`` and ``inspect``); ``options``: more ssh options."""
         address = self.cli.ip(name)
-        env = self.cli.env(name)
-        host, cert_path = env.get("DOCKER_HOST", ""), env.get("DOCKER_CERT_PATH", "")
-        if not host or not cert_path:
-            raise MachineError(f"`docker-machine env {name}` gave no DOCKER_HOST / DOCKER_CERT_PATH")
         driver = self.cli.inspect(name).get("Driver") or {}
         user = str(driver.get("SSHUser") or "docker-user")
         port = int(driver.get("SSHPort") or 22)
         key = str(driver.get("SSHKeyPath") or "")
         if not key and driver.get("StorePath"):
             key = str(Path(str(driver["StorePath"])) / "machines" / name / "id_rsa")
-        return Reach(name, address, host, cert_path, user, port, key)
+        return Remote(name, address, user, port, key, tuple(options))
 
 
-@dataclass(frozen=True)
-class Reach:
-    name: str
-    address: str
-    engine_url: str
-    cert_path: str
-    ssh_user: str
-    ssh_port: int
-    ssh_key: str
-
-    @property
-    def host_spec(self) -> str:
-        spec = f"ssh://{self.ssh_user}@{self.address}:{self.ssh_port}"
-        return f"{spec}?ssh_identity_file={self.ssh_key}" if self.ssh_key else spec
-
-
-def remove_session(session_id: str, cli: MachineCli | None = None) -> list[str]:
+def remove_session(session_id: str, cli: MachineCli | None = None, remove_folder: bool = True) -> list[str]:
     """Remove the machines a (kept or crashed) run recorded as created, then its run folder."""
     session = Session(id=session_id, owner="")
     machines = Machines(session, cli or MachineCli(), lambda _name: [], lambda _line: None)
     problems = machines.remove_created()
-    if not problems:
+    if not problems and remove_folder:
         remove_run_dir(session_id)
     return problems
 
 
-def sweep(progress: images.Progress, cli: MachineCli | None = None) -> list[str]:
-    """Remove the machines of earlier runs whose owner is gone and that were not kept."""
+def sweep(
+    progress: images.Progress,
+    cli: MachineCli | None = None,
+    remove: Callable[[str], list[str]] | None = None,
+) -> list[str]:
+    """Remove the machines of earlier runs whose owner is gone and that were not kept
+    (``remove(session_id)``: what removes one run, by default its created machines)."""
     swept: list[str] = []
     root = run_root()
     if not root.is_dir():
@@ -349,7 +326,7 @@ def sweep(progress: images.Progress, cli: MachineCli | None = None) -> list[str]
             owner = ""
         if owner_alive(owner):
             continue
-        problems = remove_session(folder.name, cli)
+        problems = remove(folder.name) if remove is not None else remove_session(folder.name, cli)
         if problems:
             progress(f"sweep: machines of run {folder.name} not removed: {'; '.join(problems)}")
         else:

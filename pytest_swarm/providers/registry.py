@@ -21,6 +21,7 @@ PROVIDERS = {
     "uml": "uml:UmlProvider",
     "machine": "machine:MachineProvider",
     "attach": "attach:AttachProvider",
+    "ssh": "ssh:SshProvider",
 }
 NAMES = tuple(PROVIDERS)
 

@@ -271,3 +271,14 @@ def write_config_disk(target: Path, authorized_keys: bytes, engine_labels: Mappi
             info.size = len(content)
             info.mode = 0o600
             tar.addfile(info, io.BytesIO(content))
+
+
+def empty_engine_disk(target: Path) -> Path:
+    """An empty engine-data disk at ``target`` (a node with no image preloaded: a bare host)."""
+    empty = target.with_name(target.name + ".d")
+    empty.mkdir(parents=True, exist_ok=True)
+    try:
+        _mkfs(empty, target, label="psw-docker", minimum=16 << 30)
+    finally:
+        shutil.rmtree(empty, ignore_errors=True)
+    return target

@@ -51,7 +51,7 @@ def test_environment_variable_beats_ini_and_cli_beats_both(
     ("args", "error"),
     [
         (["--swarm-env=qa"], "*--swarm-env=qa: no env file for it; envs found: dev (envs/dev.env), stage (*"),
-        (["--swarm-provider=k8s"], "*choose one of: dind, uml, machine, attach*"),
+        (["--swarm-provider=k8s"], "*choose one of: dind, uml, machine, attach, ssh*"),
         (["--swarm-machines=master_1"], "*master_1 is not a docker-machine name*"),
         (["--swarm-keep=maybe"], "*choose one of: never, on-failure, always*"),
         (["--swarm-workers=many"], "*whole number >= 0*"),

@@ -264,16 +264,32 @@ def test_error_classification(stderr: str, transient: bool) -> None:
     assert is_transient(stderr) is transient
 
 
-def test_reach_reads_address_engine_certs_and_ssh(stand_in: StandIn) -> None:
-    machines = make_machines(Session.new(), [])
-    machines.create("master-1")
-    reach = machines.reach("master-1")
-    assert reach.address == "10.0.0.2"
-    assert reach.engine_url == "tcp://10.0.0.2:2376"
-    assert reach.cert_path == str(stand_in.folder / "machine" / "machines" / "master-1")
+def test_a_machine_is_handed_on_as_an_ssh_host(stand_in: StandIn, tmp_path: Path) -> None:
+    """After create, docker-machine's ip and inspect say how to reach a machine; from there it is a
+    host of the ssh code path (engine, testinfra, images, swarm), never its TLS port."""
+    settings = resolve({"provider": "machine", "workers": "0"}, {}, {}, tmp_path)
+    provider = MachineProvider(ProviderRun(settings, Session.new(), lambda _line: None))
+    provider.machines.create("master-1")
+    remote = provider.remote("master-1")
     key = stand_in.folder / "machine" / "machines" / "master-1" / "id_rsa"
-    assert reach.host_spec == f"ssh://docker-user@10.0.0.2:22?ssh_identity_file={key}"
-    assert ["env", "--shell", "bash", "master-1"] in stand_in.argvs()
+    known_hosts = provider.session.run_dir / "known_hosts"
+    assert (remote.name, remote.host, remote.user, remote.port, remote.key) == (
+        "master-1",
+        "10.0.0.2",
+        "docker-user",
+        22,
+        str(key),
+    )
+    assert remote.options == (f"UserKnownHostsFile={known_hosts}", "StrictHostKeyChecking=accept-new")
+    assert [argv[0] for argv in stand_in.argvs()] == ["create", "ip", "inspect"]  # no `env`: no TLS
+    provider.nodes.start("master-1")
+    assert provider.nodes.access.forward_argv(remote, provider.session.run_dir / "s.sock")[-3:] == [
+        "-o",
+        "StrictHostKeyChecking=accept-new",
+        "10.0.0.2",
+    ]
+    provider.down()
+    assert stand_in.machines() == []
 
 
 def test_only_machines_this_run_created_are_removed(stand_in: StandIn) -> None:

@@ -19,7 +19,17 @@ from pytest_swarm.providers.registry import NAMES, provider_class
 PACKAGE = Path(settings.__file__).parent
 PROVIDERS = PACKAGE / "providers"
 # Modules every provider may use; the others in providers/ are providers or a provider's parts.
-SHARED = {"base", "engines", "local_nodes", "registry", "__init__"}
+# local_nodes: the skeleton of dind and uml; remote_*: hosts over ssh, of the ssh and machine providers.
+SHARED = {
+    "base",
+    "engines",
+    "local_nodes",
+    "remote_access",
+    "remote_nodes",
+    "remote_state",
+    "registry",
+    "__init__",
+}
 CAPABILITIES = {
     "name": str,
     "owns_swarm": bool,
@@ -32,11 +42,11 @@ CAPABILITIES = {
 
 
 def test_the_provider_option_offers_the_registry_names() -> None:
-    assert settings.PROVIDERS == NAMES == ("dind", "uml", "machine", "attach")
+    assert settings.PROVIDERS == NAMES == ("dind", "uml", "machine", "attach", "ssh")
     option = settings.OPTIONS_BY_NAME["provider"]
     assert option.default == NAMES[0]
     assert all(name in option.help for name in NAMES)
-    with pytest.raises(settings.SettingsError, match="dind, uml, machine, attach"):
+    with pytest.raises(settings.SettingsError, match="dind, uml, machine, attach, ssh"):
         settings.resolve({"provider": "vagrant"}, {}, {}, Path.cwd())
 
 
@@ -78,6 +88,7 @@ def test_what_each_provider_can_do() -> None:
         "uml": (True, True, False, True, ("node", "engine")),
         "machine": (True, True, True, False, ("node",)),
         "attach": (False, False, False, True, ()),
+        "ssh": (False, False, False, False, ("node",)),
     }
 
 

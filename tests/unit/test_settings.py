@@ -52,7 +52,7 @@ def test_linelist_ini_and_env(root: Path) -> None:
 @pytest.mark.parametrize(
     ("cli", "message"),
     [
-        ({"provider": "kvm"}, "choose one of: dind, uml, machine, attach"),
+        ({"provider": "kvm"}, "choose one of: dind, uml, machine, attach, ssh"),
         ({"keep": "sometimes"}, "choose one of: never, on-failure, always"),
         ({"workers": "two"}, "whole number >= 0"),
         ({"workers": "-1"}, "whole number >= 0"),
