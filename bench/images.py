@@ -33,6 +33,19 @@ def stack_images() -> tuple[dict[str, Any], dict[str, Path], dict[str, Path]]:
     return render(source), dict(settings.build), dict(settings.offline_images)
 
 
+def project_images(model: dict[str, Any], build: dict[str, Path]) -> list[str]:
+    """What this project builds under the names the dev env renders, its variants included."""
+    refs = service_images(model)
+    variants = [images.variant_ref(r, v) for s, r in refs.items() if s in build for v in images.VARIANTS]
+    return [*refs.values(), *variants]
+
+
+def untag(client: docker.DockerClient, refs: list[str]) -> None:
+    for ref in refs:
+        if images.image_exists(client, ref):
+            client.images.remove(ref)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -41,12 +54,8 @@ def main() -> None:
     from_nothing = parser.parse_args().from_nothing
     client = docker.from_env(timeout=600)
     model, build, offline = stack_images()
-    refs = service_images(model)
     if from_nothing:
-        variants = [images.variant_ref(r, v) for s, r in refs.items() if s in build for v in images.VARIANTS]
-        for ref in [*refs.values(), *variants, images.BASE_IMAGE]:
-            if images.image_exists(client, ref):
-                client.images.remove(ref)
+        untag(client, [*project_images(model, build), images.BASE_IMAGE])
         started = time.monotonic()
         images.ensure_base_image(client, print)
         print(f"base image bootstrap: {time.monotonic() - started:.1f} s")

@@ -1,6 +1,6 @@
 """Benchmark: the acceptance suite as a user runs it, provisioning included, and its time split.
 
-    python bench/suite.py [--rounds 1] [--provider dind|uml] [--env dev]
+    python bench/suite.py [--rounds 1] [--provider dind|uml] [--env dev] [--cold] [--xdist N]
 
 Each round runs the README's command for the provider in a fresh process (dind: every suite;
 uml: the suites that need IPVS), timed from outside, and reads the JUnit XML it wrote: every
@@ -8,6 +8,10 @@ test's declared waits (update delay, monitor, restart delay, first healthcheck) 
 Prints the wall time of each round against its target (dind 240 s, uml 600 s), the rest as a
 share of the declared waits for the whole suite and for each test that declared any, and
 exits 1 when a round failed its tests.
+
+``--cold``: before each round, untag what a new user's machine lacks (the base image, the dind
+node image, the stack's images and their variants), so the round builds them all as a first run
+does (target: COLD_TARGET). ``--xdist N``: the command under ``pytest -n N`` (0: in one process).
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 TARGETS = {"dind": 240.0, "uml": 600.0}
 REST_TARGET = 0.5
+COLD_TARGET = 240.0  # a new user's first dind run, nothing cached
 UML_SELECTION = [
     "-m",
     "needs_routing_mesh or needs_vip",
@@ -32,8 +37,10 @@ UML_SELECTION = [
 ]
 
 
-def command(provider: str, env: str, junit: Path) -> list[str]:
+def command(provider: str, env: str, junit: Path, xdist: int | None = None) -> list[str]:
     args = [sys.executable, "-m", "pytest", f"--swarm-env={env}", "acceptance/", f"--junitxml={junit}", "-q"]
+    if xdist is not None:
+        args += ["-n", str(xdist)]
     if provider == "uml":
         args += ["--swarm-provider=uml", *UML_SELECTION]
     return args
@@ -69,24 +76,46 @@ def modules(junit: Path) -> list[tuple[str, float]]:
     return list(spent.items())
 
 
+def forget_images(provider: str) -> None:
+    """Untag the images a first run builds (their layers go once nothing else uses them)."""
+    import docker
+    from images import project_images, stack_images, untag  # bench/images.py, beside this script
+
+    from pytest_swarm import images
+    from pytest_swarm.providers.dind import NODE_RECIPE, NODE_REPO
+
+    if provider != "dind":
+        raise SystemExit("--cold: only dind (uml caches its disks apart: bench/uml_ready.py)")
+    client = docker.from_env(timeout=600)
+    model, build, _ = stack_images()
+    node = f"{NODE_REPO}:{images.recipe_digest(NODE_RECIPE)}"
+    untag(client, [*project_images(model, build), node, images.BASE_IMAGE])
+    print(f"untagged the base image, {node} and the stack's images")
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=1)
     parser.add_argument("--provider", choices=sorted(TARGETS), default="dind")
     parser.add_argument("--env", default="dev")
+    parser.add_argument("--cold", action="store_true", help="each round from nothing cached")
+    parser.add_argument("--xdist", type=int, help="run under pytest -n N")
     options = parser.parse_args()
     walls, failed = [], False
     with tempfile.TemporaryDirectory(prefix="bench-suite-") as folder:
         for round_ in range(1, options.rounds + 1):
             junit = Path(folder) / f"round-{round_}.xml"
+            if options.cold:
+                forget_images(options.provider)
             started = time.monotonic()
-            done = subprocess.run(command(options.provider, options.env, junit), cwd=ROOT, check=False)
+            run = command(options.provider, options.env, junit, options.xdist)
+            done = subprocess.run(run, cwd=ROOT, check=False)
             walls.append(time.monotonic() - started)
             found, counts = splits(junit)
             failed |= done.returncode != 0
             declared = sum(d for _, d, _ in found)
             rest = sum(r for _, _, r in found)
-            target = TARGETS[options.provider]
+            target = COLD_TARGET if options.cold else TARGETS[options.provider]
             print(
                 f"round {round_}: {walls[-1]:.1f} s (target {target:g} s), exit {done.returncode}, {counts}"
             )
