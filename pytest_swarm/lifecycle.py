@@ -6,6 +6,8 @@ summary reads what it recorded.
 
 from __future__ import annotations
 
+import contextlib
+import threading
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -79,6 +81,7 @@ class SwarmLifecycle:
         self.nodes_seen: list[Node] = []  # the cluster's nodes when it came up (for the report)
         self._local: docker.DockerClient | None = None
         self._model: dict[str, Any] | None = None
+        self._early_images: threading.Thread | None = None
 
     @property
     def local(self) -> docker.DockerClient:
@@ -119,10 +122,31 @@ class SwarmLifecycle:
 
     def _up(self) -> Cluster:
         kind = provider_class(self.settings.provider)
+        if not kind.preloads_images:
+            self._build_images_early()
         provider = self._provider(self.session, self._images_to_preload() if kind.preloads_images else ())
         self.provider = provider
         self.progress(f"provisioning {self.settings.provider}: master-1 + {self.settings.workers} workers")
         return provider.up()
+
+    def _build_images_early(self) -> None:
+        """Build the stack's images while the nodes come up: on a first run the node image and
+        the stack's images (each waiting for the same base image) are then built at the same
+        time. A daemon thread, so a Ctrl-C does not wait for a build; a failure is left to
+        the deploy, which builds again and names the service."""
+        if self.settings.env is None:
+            return
+        try:
+            self.declared_model()  # rendered here, not in the thread and again meanwhile
+        except SwarmError:
+            return  # the stack's tests report it; the cluster's own tests still run
+
+        def build() -> None:
+            with contextlib.suppress(Exception):  # the deploy builds again and reports it
+                self._images_to_preload()
+
+        self._early_images = threading.Thread(target=build, name="swarm-images", daemon=True)
+        self._early_images.start()
 
     def _images_to_preload(self) -> list[str]:
         """Every image the run's stacks need, built before the nodes boot, for a provider that
@@ -200,6 +224,9 @@ class SwarmLifecycle:
         """Deploy ``source`` on the cluster (not cached) and, with ``wait``, let it converge."""
         cluster = self.cluster()
         assert self.provider is not None
+        if self._early_images is not None:  # the same builds, not twice at once
+            self._early_images.join()
+            self._early_images = None
         record_stack(self.session, source.name())  # before it exists: a killed run's sweep finds it
         stack = deploy(
             cluster,
