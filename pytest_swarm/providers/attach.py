@@ -26,7 +26,7 @@ from ..commands import TLS_CERT_PATHS
 from ..errors import EngineUnreachable, ProvisioningError
 from ..ownership import remove_run_dir
 from .base import LocalEngine, Provider, ProviderRun, wait_ready
-from .engines import TRANSIENT, Endpoint, endpoint_of, engine_client, tls_config
+from .engines import TRANSIENT, Endpoint, endpoint_of, engine_client, env_tls
 
 FIXED_NODES = "the attach provider cannot add nodes to an existing swarm"
 PROBE_TRIES = 3  # images tried for the engine-side IPVS probe (one without a shell is skipped)
@@ -154,9 +154,8 @@ class AttachProvider:
 
     def _node_engine(self, name: str, node_id: str, url: str) -> docker.DockerClient:
         """A node's own engine, checked to be that node (a swapped socket would mislead every test)."""
-        tls = None
-        if url.startswith("tcp://") and self.environ.get("DOCKER_TLS_VERIFY", "") not in ("", "0"):
-            tls = tls_config(self.environ.get("DOCKER_CERT_PATH") or os.path.expanduser("~/.docker"), True)
+        # a node's TCP engine takes the TLS the environment gives the manager's
+        tls = env_tls(self.environ) if url.startswith("tcp://") else None
         try:
             engine = engine_client(url, tls)
             answered = str((engine.info().get("Swarm") or {}).get("NodeID", ""))
