@@ -25,21 +25,20 @@ from ..cluster import Cluster, Node
 from ..commands import TLS_CERT_PATHS
 from ..errors import EngineUnreachable, ProvisioningError
 from ..ownership import remove_run_dir
-from .base import LocalEngine, Provider, ProviderRun, wait_ready
-from .engines import TRANSIENT, Endpoint, endpoint_of, engine_client, tls_config
+from .base import FixedNodes, LocalEngine, Provider, ProviderRun, wait_ready
+from .engines import TRANSIENT, Endpoint, endpoint_of, engine_client, env_tls
 
 FIXED_NODES = "the attach provider cannot add nodes to an existing swarm"
 PROBE_TRIES = 3  # images tried for the engine-side IPVS probe (one without a shell is skipped)
 
 
-class AttachProvider:
+class AttachProvider(FixedNodes):
     """An existing swarm: read, deployed to, probed; never resized or removed."""
 
     name: ClassVar[str] = "attach"
     # someone else's swarm: nothing but the stacks goes on it (and its nodes get no image copied)
     owns_swarm: ClassVar[bool] = False  # the lifecycle removes the stacks it deployed; the swarm stays
-    can_change_nodes: ClassVar[bool] = False
-    fixed_nodes_reason: ClassVar[str] = FIXED_NODES
+    fixed_nodes_reason: ClassVar[str] = FIXED_NODES  # add/remove/stop/start_node refuse (FixedNodes)
     joins_networks_first: ClassVar[bool] = False
     preloads_images: ClassVar[bool] = True  # checked on the nodes before any suite runs
     gives_labels: ClassVar[tuple[str, ...]] = ()  # the swarm's labels are its own: a finding
@@ -154,9 +153,8 @@ class AttachProvider:
 
     def _node_engine(self, name: str, node_id: str, url: str) -> docker.DockerClient:
         """A node's own engine, checked to be that node (a swapped socket would mislead every test)."""
-        tls = None
-        if url.startswith("tcp://") and self.environ.get("DOCKER_TLS_VERIFY", "") not in ("", "0"):
-            tls = tls_config(self.environ.get("DOCKER_CERT_PATH") or os.path.expanduser("~/.docker"), True)
+        # a node's TCP engine takes the TLS the environment gives the manager's
+        tls = env_tls(self.environ) if url.startswith("tcp://") else None
         try:
             engine = engine_client(url, tls)
             answered = str((engine.info().get("Swarm") or {}).get("NodeID", ""))
@@ -289,25 +287,6 @@ class AttachProvider:
                     f"or {name}:host=...)"
                 )
         return found
-
-    # -- what attach can't do -------------------------------------------------------------------
-    def _refuse(self, what: str) -> ProvisioningError:
-        return ProvisioningError(
-            f"{FIXED_NODES} ({what} asked); use --swarm-provider=dind, uml or machine for tests "
-            "that change nodes"
-        )
-
-    def add_node(self, role: str = "worker", labels: Mapping[str, str] | None = None) -> str:
-        raise self._refuse("add_node")
-
-    def remove_node(self, name: str) -> None:
-        raise self._refuse(f"remove_node {name}")
-
-    def stop_node(self, name: str) -> None:
-        raise self._refuse(f"stop_node {name}")
-
-    def start_node(self, name: str) -> None:
-        raise self._refuse(f"start_node {name}")
 
     # -- places -------------------------------------------------------------------------------
     def address(self, node: str) -> str:

@@ -109,6 +109,32 @@ class Provider(Protocol):
         ...
 
 
+class FixedNodes:
+    """For a provider whose nodes are not its to change (attach, ssh): the four node calls
+    refuse, saying why (the class's ``fixed_nodes_reason``) and which providers can."""
+
+    can_change_nodes: ClassVar[bool] = False
+    fixed_nodes_reason: ClassVar[str]
+
+    def _refuse(self, what: str) -> ProvisioningError:
+        return ProvisioningError(
+            f"{self.fixed_nodes_reason} ({what} asked); use --swarm-provider=dind, uml or machine "
+            "for tests that change nodes"
+        )
+
+    def add_node(self, role: str = "worker", labels: Mapping[str, str] | None = None) -> str:
+        raise self._refuse("add_node")
+
+    def remove_node(self, name: str) -> None:
+        raise self._refuse(f"remove_node {name}")
+
+    def stop_node(self, name: str) -> None:
+        raise self._refuse(f"stop_node {name}")
+
+    def start_node(self, name: str) -> None:
+        raise self._refuse(f"start_node {name}")
+
+
 @dataclass
 class Engine:
     """A node's engine as the provider reaches it before the swarm exists."""

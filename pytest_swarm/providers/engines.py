@@ -6,24 +6,26 @@ Shared by the providers (none of them imports another); nothing here brings up a
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 
 import docker
+import docker.context
 import docker.errors
 import docker.tls
+import docker.utils
+import docker.utils.config
 import requests
 
-from ..commands import docker_cli, run
-from ..errors import CommandError, EngineUnreachable, ProvisioningError
+from ..errors import EngineUnreachable, ProvisioningError
 
 # What an engine throws while it is still starting or restarting.
 TRANSIENT = (docker.errors.APIError, requests.exceptions.ConnectionError, ConnectionError, OSError)
 # Engine 20.10's API: the oldest this project supports (service status needs it); newer engines
 # still speak it. Fixing it lets a client be made before its engine answers.
 API_VERSION = "1.41"
+DEFAULT_SOCKET = "unix:///var/run/docker.sock"
 
 
 def engine_client(
@@ -47,7 +49,7 @@ def local_engine() -> docker.DockerClient:
         client.ping()
     except (docker.errors.DockerException, *TRANSIENT) as exc:
         raise EngineUnreachable(
-            f"no Docker engine answers at {os.environ.get('DOCKER_HOST', 'unix:///var/run/docker.sock')} "
+            f"no Docker engine answers at {os.environ.get('DOCKER_HOST', DEFAULT_SOCKET)} "
             f"({type(exc).__name__}); start dockerd (e.g. apt-get install docker.io && dockerd &) "
             "or set DOCKER_HOST"
         ) from exc
@@ -68,52 +70,85 @@ def endpoint_of(context: str, environ: Mapping[str, str]) -> Endpoint:
     """The endpoint ``context`` (or DOCKER_CONTEXT) names when given, else DOCKER_HOST's."""
     context = context or environ.get("DOCKER_CONTEXT", "")
     if context and context != "default":
-        return context_endpoint(context, environ)
+        return context_endpoint(context)
     host = environ.get("DOCKER_HOST", "")
     if not host:
-        return Endpoint("unix:///var/run/docker.sock", None, "the default socket (no DOCKER_HOST)")
-    tls, cert_path = None, ""
-    if environ.get("DOCKER_TLS_VERIFY", "") not in ("", "0") or host.startswith("https://"):
-        cert_path = environ.get("DOCKER_CERT_PATH") or os.path.expanduser("~/.docker")
-        tls = tls_config(cert_path, verify=True)
-    return Endpoint(host.replace("https://", "tcp://", 1), tls, "DOCKER_HOST", cert_path)
+        return Endpoint(DEFAULT_SOCKET, None, "the default socket (no DOCKER_HOST)")
+    if host.startswith("https://"):  # an https URL asks for TLS by itself
+        environ = {**environ, "DOCKER_TLS_VERIFY": environ.get("DOCKER_TLS_VERIFY") or "1"}
+    tls = env_tls(environ)
+    # the docker CLI (stack deploy) takes tcp:// only; the SDK client both
+    return Endpoint(host.replace("https://", "tcp://", 1), tls, "DOCKER_HOST", cert_folder(tls))
 
 
-def tls_config(cert_path: str, verify: bool) -> docker.tls.TLSConfig:
-    """The client TLS of the ca.pem, cert.pem and key.pem in ``cert_path`` (docker-machine's layout)."""
-    files = {name: os.path.join(cert_path, name) for name in ("ca.pem", "cert.pem", "key.pem")}
-    missing = [path for path in files.values() if not os.path.isfile(path)]
-    if missing:
+def env_tls(environ: Mapping[str, str]) -> docker.tls.TLSConfig | None:
+    """The client TLS DOCKER_TLS_VERIFY and DOCKER_CERT_PATH ask for, read as the docker SDK (and
+    the docker CLI) reads them: any DOCKER_TLS_VERIFY but "" verifies; DOCKER_CERT_PATH alone
+    gives the client certificate without verifying; the folder defaults to ~/.docker.
+
+    Raises:
+        ProvisioningError: TLS is asked for but its files are missing; says which and what to set.
+    """
+    if not environ:
+        return None  # kwargs_from_env reads os.environ when handed an empty mapping
+    try:
+        tls: docker.tls.TLSConfig | None = docker.utils.kwargs_from_env(environment=environ).get("tls")
+    except docker.errors.TLSParameterError as exc:
+        folder = environ.get("DOCKER_CERT_PATH") or os.path.expanduser("~/.docker")
+        files = [os.path.join(folder, name) for name in ("ca.pem", "cert.pem", "key.pem")]
+        missing = [path for path in files if not os.path.isfile(path)]
         raise ProvisioningError(
-            f"TLS is asked for but {', '.join(missing)} is missing; set DOCKER_CERT_PATH to the folder "
-            "holding ca.pem, cert.pem and key.pem (docker-machine env prints it)"
+            f"TLS is asked for (DOCKER_TLS_VERIFY / DOCKER_CERT_PATH) but "
+            f"{', '.join(missing) + ' is missing' if missing else exc}; set DOCKER_CERT_PATH to the "
+            "folder holding ca.pem, cert.pem and key.pem (docker-machine env prints it)"
+        ) from exc
+    return tls
+
+
+def cert_folder(tls: docker.tls.TLSConfig | None) -> str:
+    """The folder of the client certificate, for docker CLI calls (DOCKER_CERT_PATH); "" without."""
+    return os.path.dirname(tls.cert[0]) if tls is not None and tls.cert else ""
+
+
+def context_endpoint(name: str) -> Endpoint:
+    """The docker endpoint and TLS of the docker context ``name``, as the docker SDK reads them
+    from this process's docker config folder (DOCKER_CONFIG, else ~/.docker).
+
+    Raises:
+        ProvisioningError: no such context, an unreadable one, or one with no docker endpoint.
+    """
+    try:
+        found = docker.context.ContextAPI.get_context(name)
+    except Exception as exc:  # the SDK raises a bare Exception for a corrupted meta.json
+        raise ProvisioningError(
+            f"--swarm-context={name}: its record can't be read ({exc}); check it with "
+            f"`docker context inspect {name}`, or recreate it"
+        ) from exc
+    if found is None:
+        folder = os.environ.get("DOCKER_CONFIG") or os.path.expanduser("~/.docker")
+        # docker-py finds contexts only beside a config.json (docker/docker-py#2622); the CLI
+        # needs none, so a context the CLI lists can be missing here
+        hint = (
+            f" (the docker SDK looks for contexts only where a config.json is: create "
+            f"{os.path.join(folder, 'config.json')} holding {{}} if `docker context ls` shows it)"
+            if docker.utils.config.find_config_file() is None
+            else ""
         )
-    return docker.tls.TLSConfig(
-        client_cert=(files["cert.pem"], files["key.pem"]),
-        ca_cert=files["ca.pem"] if verify else None,
-        verify=files["ca.pem"] if verify else False,
-    )
-
-
-def context_endpoint(name: str, environ: Mapping[str, str]) -> Endpoint:
-    """``docker context inspect NAME``: its docker endpoint and TLS material."""
-    env = {k: v for k, v in environ.items() if k not in ("DOCKER_HOST", "DOCKER_CONTEXT")}
-    try:
-        found = json.loads(run([docker_cli(), "context", "inspect", name], timeout=30, env=env))
-    except CommandError as exc:
         raise ProvisioningError(
-            f"--swarm-context={name}: {exc}; list the contexts with `docker context ls`"
-        ) from exc
-    try:
-        docker_endpoint = found[0]["Endpoints"]["docker"]
-        url = str(docker_endpoint["Host"])
-    except (LookupError, TypeError) as exc:
+            f"--swarm-context={name}: no such context in {folder}{hint}; list the contexts with "
+            "`docker context ls`, or set DOCKER_HOST instead"
+        )
+    url = str(found.endpoints.get("docker", {}).get("Host") or "")
+    if not url:
         raise ProvisioningError(
-            f"--swarm-context={name}: `docker context inspect` shows no docker endpoint"
-        ) from exc
-    tls, cert_path = None, ""
-    tls_path = str((found[0].get("Storage") or {}).get("TLSPath") or "")
-    if tls_path and os.path.isdir(os.path.join(tls_path, "docker")):
-        cert_path = os.path.join(tls_path, "docker")
-        tls = tls_config(cert_path, verify=not docker_endpoint.get("SkipTLSVerify"))
-    return Endpoint(url, tls, f"context {name}", cert_path)
+            f"--swarm-context={name}: the context has no docker endpoint; give it one "
+            f"(`docker context update {name} --docker host=...`) or set DOCKER_HOST instead"
+        )
+    tls: docker.tls.TLSConfig | None = found.tls_cfg.get("docker")
+    material = os.path.join(found.tls_path, "docker")
+    if tls is None and os.path.isdir(material):  # the SDK drops TLS files short of all three
+        raise ProvisioningError(
+            f"--swarm-context={name}: its TLS files in {material} are incomplete (the docker SDK "
+            "needs ca.pem, cert.pem and key.pem there); recreate the context with ca=, cert= and key="
+        )
+    return Endpoint(url, tls, f"context {name}", cert_folder(tls))

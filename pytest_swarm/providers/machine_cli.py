@@ -1,7 +1,8 @@
 """machine, the docker-machine layer (testable without a cloud): the command lines (create, ip,
 inspect, rm, ls), the classification of its errors (quota, rate limits, 5xx and timeouts are
 retried with backoff; auth and invalid arguments are not), and the record of which machines THIS
-run created (``machine.json`` in the run folder; only those are ever removed).
+run created (``machine.json`` in the run folder; only those are ever removed). A create takes
+minutes: its output is read as it comes and the run's heartbeat tells its last line.
 
 Credentials come only from the environment (GOOGLE_APPLICATION_CREDENTIALS) or docker-machine's
 own store; none is read or printed here.
@@ -17,13 +18,14 @@ import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import tenacity
 
 from .. import images
-from ..errors import ProvisioningError
+from ..errors import ConvergenceTimeout, ProvisioningError
 from ..ownership import MACHINE_STATE_FILE, Session, is_kept, owner_alive, remove_run_dir, run_root
+from ..waiting import Poll, wait_for
 from .base import parallel
 from .remote_access import Remote
 
@@ -88,6 +90,16 @@ def is_transient(stderr: str) -> bool:
     return any(mark in text for mark in TRANSIENT_MARKS)
 
 
+def _read_lines(stream: IO[str] | None, lines: list[str], last: list[str]) -> None:
+    """Collect ``stream``'s lines until it ends; ``last[0]``: the latest one that says something."""
+    if stream is None:
+        return
+    for line in stream:
+        lines.append(line)
+        if line.strip():
+            last[0] = line.strip()[:200]
+
+
 class MachineCli:
     """The docker-machine executable: one method per subcommand, a timeout on every call."""
 
@@ -102,22 +114,70 @@ class MachineCli:
                 argv, capture_output=True, text=True, timeout=timeout, env=self.environ, check=False
             )
         except FileNotFoundError as exc:
-            raise MachineError(
-                f"{self.executable} is not installed (or not on PATH); install docker-machine "
-                "(see the README: Real clusters) or choose another --swarm-provider"
-            ) from exc
+            raise self._missing() from exc
         except subprocess.TimeoutExpired as exc:
             raise TransientMachineError(
                 f"`{shlex.join(argv)}` did not finish within {timeout:g} s", "timed out"
             ) from exc
-        if result.returncode != 0:
-            stderr = (result.stderr.strip() or result.stdout.strip())[-2000:]
-            kind = TransientMachineError if is_transient(stderr) else MachineError
-            raise kind(f"`{shlex.join(argv)}` exited {result.returncode}: {stderr}", stderr)
-        return result.stdout
+        return self._checked(argv, result.returncode, result.stdout, result.stderr)
+
+    def run_watched(self, args: Sequence[str], what: str, timeout: float) -> str:
+        """``run`` for a call that takes minutes: its output is read as it comes, and every
+        ``waiting.HEARTBEAT`` s the run's heartbeat tells ``what`` is awaited and the last line
+        docker-machine wrote (e.g. "(worker-1) Waiting for the instance to be running")."""
+        argv = [self.executable, *args]
+        try:
+            proc = subprocess.Popen(
+                argv,
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+                env=self.environ,
+            )
+        except FileNotFoundError as exc:
+            raise self._missing() from exc
+        out: list[str] = []
+        err: list[str] = []
+        last = ["no output yet"]
+        readers = [
+            threading.Thread(target=_read_lines, args=(stream, lines, last), daemon=True)
+            for stream, lines in ((proc.stdout, out), (proc.stderr, err))
+        ]
+        for reader in readers:
+            reader.start()
+        try:
+            wait_for(lambda: Poll(proc.poll() is not None, last[0]), what=what, timeout=timeout, interval=0.5)
+        except ConvergenceTimeout as exc:
+            raise TransientMachineError(
+                f"`{shlex.join(argv)}` did not finish within {timeout:g} s; its last line: {last[0]}",
+                "timed out",
+            ) from exc
+        finally:
+            if proc.poll() is None:  # timed out or interrupted: the call this run started ends
+                proc.kill()
+                proc.wait(10)
+            for reader in readers:
+                reader.join(5)  # a grandchild holding the pipe open must not hold the run
+        return self._checked(argv, proc.returncode, "".join(out), "".join(err))
+
+    def _missing(self) -> MachineError:
+        return MachineError(
+            f"{self.executable} is not installed (or not on PATH); install docker-machine "
+            "(see the README: Real clusters) or choose another --swarm-provider"
+        )
+
+    @staticmethod
+    def _checked(argv: Sequence[str], returncode: int, stdout: str, stderr: str) -> str:
+        """``stdout`` of a call that exited 0; else the error its stderr classifies."""
+        if returncode != 0:
+            said = (stderr.strip() or stdout.strip())[-2000:]
+            kind = TransientMachineError if is_transient(said) else MachineError
+            raise kind(f"`{shlex.join(argv)}` exited {returncode}: {said}", said)
+        return stdout
 
     def create(self, name: str, flags: Sequence[str]) -> None:
-        self.run(["create", *flags, name], timeout=CREATE_TIMEOUT)
+        self.run_watched(["create", *flags, name], f"docker-machine create {name}", CREATE_TIMEOUT)
 
     def ip(self, name: str) -> str:
         return self.run(["ip", name]).strip()

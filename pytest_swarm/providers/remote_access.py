@@ -10,20 +10,16 @@ does for its nodes). That connection is also the control master every other ssh 
 
 from __future__ import annotations
 
-import contextlib
-import os
 import shlex
-import signal
 import subprocess
-import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from ..errors import ConvergenceTimeout, ProvisioningError
-from ..ownership import process_start_time
 from ..waiting import Poll, wait_for
+from .processes import forward_socket
 
 ENGINE_SOCKET = "/var/run/docker.sock"
 CONNECT_TIMEOUT = 15  # seconds ssh gets to log in
@@ -305,64 +301,12 @@ def open_forward(
     deadline: float,
     on_start: Callable[[subprocess.Popen[bytes]], None],
 ) -> subprocess.Popen[bytes]:
-    """Start the host's connection and wait until its end of the socket exists.
-
-    The process is in a session of its own (Ctrl-C in the terminal does not end it; a kept
-    cluster's connection outlives the run) and is told to the caller at once (``on_start``
-    records it): only a recorded process is ever stopped.
-    """
-    log_path = socket_path.parent / "ssh.log"
-    while True:
-        socket_path.unlink(missing_ok=True)
-        with open(log_path, "ab") as log:
-            proc = subprocess.Popen(
-                access.forward_argv(remote, socket_path),
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=log,
-                start_new_session=True,
-            )
-        on_start(proc)
-        while proc.poll() is None and not socket_path.exists() and time.monotonic() < deadline:
-            time.sleep(0.05)
-        if socket_path.exists():
-            return proc
-        stop_process(proc)
-        if time.monotonic() >= deadline:
-            tail = log_path.read_text(errors="replace").strip().splitlines()[-5:]
-            raise unreachable(remote, "its connection (the engine socket forward) ended: " + " / ".join(tail))
-        time.sleep(0.5)
-
-
-def alive(pid: int | None, start: str | None) -> bool:
-    """The recorded process is still the same one (pid and start time), and not a zombie."""
-    if not pid or not start or process_start_time(pid) != start:
-        return False
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
-    except OSError:
-        return False
-
-
-def stop_recorded(pid: int | None, start: str | None) -> None:
-    """SIGTERM a recorded connection if it is still the same process; reaped when it is ours."""
-    if not alive(pid, start):
-        return
-    assert pid is not None
-    with contextlib.suppress(ProcessLookupError):
-        os.kill(pid, signal.SIGTERM)
-    deadline = time.monotonic() + 10
-    while alive(pid, start) and time.monotonic() < deadline:
-        with contextlib.suppress(ChildProcessError):
-            os.waitpid(pid, os.WNOHANG)
-        time.sleep(0.05)
-
-
-def stop_process(proc: subprocess.Popen[bytes]) -> None:
-    if proc.poll() is None:
-        proc.terminate()
-        try:
-            proc.wait(5)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(5)
+    """Start the host's connection and wait until its end of the socket exists (``on_start``
+    records the process at once: only a recorded process is ever stopped)."""
+    return forward_socket(
+        access.forward_argv(remote, socket_path),
+        socket_path,
+        deadline,
+        on_start,
+        lambda why: unreachable(remote, f"its connection (the engine socket forward) ended: {why}"),
+    )

@@ -38,7 +38,8 @@ from .base import (
     wait_ready,
 )
 from .engines import engine_client
-from .remote_access import Remote, SshAccess, alive, open_forward, prepare_host, stop_process
+from .processes import alive, stop_process
+from .remote_access import Remote, SshAccess, open_forward, prepare_host
 from .remote_state import GWBRIDGE, STACK_LABEL, RemoteState, socket_path, stop_connections, take_back
 
 CONNECT_TIMEOUT = 60.0  # a host's connection up and its engine answering

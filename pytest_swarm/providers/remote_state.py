@@ -37,7 +37,8 @@ from ..ownership import (
 from ..waiting import Poll, wait_for
 from .base import parallel
 from .engines import TRANSIENT, engine_client
-from .remote_access import Remote, SshAccess, alive, open_forward, preflight, stop_recorded
+from .processes import alive, stop_recorded
+from .remote_access import Remote, SshAccess, open_forward, preflight
 
 STACK_LABEL = "com.docker.stack.namespace"
 TASK_LABEL = "com.docker.swarm.task.id"

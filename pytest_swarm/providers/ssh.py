@@ -14,14 +14,14 @@ same for a killed run. The hosts and the engines on them stay.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, ClassVar
 
 from .. import images
 from ..cluster import Cluster
 from ..errors import ProvisioningError
 from ..ownership import remove_run_dir
-from .base import LocalEngine, Provider, ProviderRun
+from .base import FixedNodes, LocalEngine, Provider, ProviderRun
 from .remote_access import Remote
 from .remote_nodes import RemoteNodes
 from .remote_state import remove_session, sweep
@@ -31,15 +31,14 @@ FIXED_HOSTS = (
 )
 
 
-class SshProvider:
+class SshProvider(FixedNodes):
     """The hosts of ``swarm_ssh_hosts``, reached over ssh; their swarm formed or used."""
 
     name: ClassVar[str] = "ssh"
     # The swarm may be someone else's (and the hosts always are): the lifecycle removes the
     # stacks the run deployed; down() takes back the labels, and the swarm if the run formed it.
     owns_swarm: ClassVar[bool] = False
-    can_change_nodes: ClassVar[bool] = False
-    fixed_nodes_reason: ClassVar[str] = FIXED_HOSTS
+    fixed_nodes_reason: ClassVar[str] = FIXED_HOSTS  # add/remove/stop/start_node refuse (FixedNodes)
     # Joining networks one by one needs the base image on every host, copied over ssh first.
     joins_networks_first: ClassVar[bool] = False
     preloads_images: ClassVar[bool] = False  # copied to the hosts before each deploy
@@ -77,23 +76,6 @@ class SshProvider:
 
     def attach(self, nodes: Sequence[str]) -> Cluster:
         return self.nodes.attach(nodes)
-
-    def _refuse(self, what: str) -> ProvisioningError:
-        return ProvisioningError(
-            f"{FIXED_HOSTS} ({what} asked); use --swarm-provider=dind, uml or machine to change nodes"
-        )
-
-    def add_node(self, role: str = "worker", labels: Mapping[str, str] | None = None) -> str:
-        raise self._refuse("add_node")
-
-    def remove_node(self, name: str) -> None:
-        raise self._refuse(f"remove_node {name}")
-
-    def stop_node(self, name: str) -> None:
-        raise self._refuse(f"stop_node {name}")
-
-    def start_node(self, name: str) -> None:
-        raise self._refuse(f"start_node {name}")
 
     def load_images(self, refs: Sequence[str]) -> None:
         self.nodes.load_images(refs)

@@ -48,15 +48,17 @@ from ..waiting import Poll, wait_for
 from .base import Engine, LocalEngine, Provider, ProviderRun, copy_images, wait_engine
 from .engines import engine_client
 from .local_nodes import LocalNodes
+from .processes import alive, forward_socket, stop_recorded
 from .uml_disk import base_disk, images_disk, write_config_disk
-from .uml_host import is_tmpfs, missing_requirements
-from .uml_kernel import alive, console_tail, kernel_argv, kill_recorded, kill_uml, node_memory, stop_process
+from .uml_host import missing_requirements
+from .uml_kernel import console_tail, kernel_argv, kill_uml, node_memory, start_kernel
 from .uml_net import FIRST_HOST, delete_link, free_subnet, ip, link_exists
 from .uml_ssh import forward_argv, host_spec, make_key, write_ssh_config
 from .uml_state import STATE_FILE, live_states, read_state, remove_session, sweep, write_state
 
 BOOT_TIMEOUT = 180.0  # kernel + sshd + dockerd, three nodes booting on two cores
 MEMORY_MB = 1200  # each node's kernel memory
+REMOVAL_ATTEMPTS = 4  # a Ctrl-C during down() restarts the removal; this many in a row give it up
 
 
 class UmlProvider(LocalNodes):
@@ -250,26 +252,10 @@ class UmlProvider(LocalNodes):
             mac=str(record["mac"]),
             address=f"{record['address']}/{record['prefix']}",
         )
-        env = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "LD_PRELOAD": str(self._state["shim"])}
-        # The kernel's memory is a file it maps: on tmpfs it stays in RAM, with no disk writeback.
-        if is_tmpfs(Path("/dev/shm")):
-            env["TMPDIR"] = "/dev/shm"
-        (folder / "uml").mkdir(exist_ok=True)
-        with self._guard:
+        with self._guard:  # down() removes what is recorded: no kernel may start after it began
             if self._closing:
                 raise ProvisioningError(f"{node}: the cluster is being removed")
-            with open(folder / "console.log", "ab") as console:
-                # Console input from /dev/null; a session of its own: the kernel's pid is its
-                # process group (killed as one), and Ctrl-C in the terminal doesn't reach it.
-                proc = subprocess.Popen(
-                    argv,
-                    stdin=subprocess.DEVNULL,
-                    stdout=console,
-                    stderr=subprocess.STDOUT,
-                    cwd=folder,
-                    env=env,
-                    start_new_session=True,
-                )
+            proc = start_kernel(argv, folder, str(self._state["shim"]))
             self._procs[node] = proc
             self._state["nodes"][node].update(pid=proc.pid, start=process_start_time(proc.pid))
             self._save_state()
@@ -293,27 +279,21 @@ class UmlProvider(LocalNodes):
             interval=0.2,
             transient=(OSError,),
         )
-        while True:
-            socket_path.unlink(missing_ok=True)
-            argv = forward_argv(self.ssh_config, socket_path, address)
-            with self._guard:
+
+        def record(proc: subprocess.Popen[bytes]) -> None:
+            with self._guard:  # down() removes what is recorded: none may start after it began
                 if self._closing:
                     raise ProvisioningError(f"{node}: the cluster is being removed")
-                with open(self._node_dir(node) / "ssh.log", "ab") as log:
-                    proc = subprocess.Popen(
-                        argv, stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True
-                    )
                 self._state["nodes"][node].update(ssh_pid=proc.pid, ssh_start=process_start_time(proc.pid))
                 self._save_state()
-            while proc.poll() is None and not socket_path.exists() and time.monotonic() < deadline:
-                time.sleep(0.05)
-            if socket_path.exists():
-                return
-            stop_process(proc, grace=5)
-            if time.monotonic() >= deadline:
-                log_tail = (self._node_dir(node) / "ssh.log").read_text(errors="replace").splitlines()[-5:]
-                raise ProvisioningError(f"{node}: no ssh connection to {address}:\n" + "\n".join(log_tail))
-            time.sleep(0.5)  # sshd may still be starting: its port answers before it accepts keys
+
+        forward_socket(
+            forward_argv(self.ssh_config, socket_path, address),
+            socket_path,
+            deadline,
+            record,
+            lambda why: ProvisioningError(f"{node}: no ssh connection to {address}: {why}"),
+        )
 
     def _why_dead(self, node: str) -> str:
         proc = self._procs.get(node)
@@ -349,7 +329,7 @@ class UmlProvider(LocalNodes):
         proc = self._procs.pop(name, None)
         if proc is not None:
             proc.wait(10)
-        kill_recorded(record.get("ssh_pid"), record.get("ssh_start"))
+        stop_recorded(record.get("ssh_pid"), record.get("ssh_start"))
         self._record_node(name, pid=None, start=None, ssh_pid=None, ssh_start=None)
         if problem:
             raise ProvisioningError(f"{name}: {problem}")
@@ -391,11 +371,19 @@ class UmlProvider(LocalNodes):
         """Kill every node and ssh connection, remove taps, bridge, rule, disks' COW files, folder.
 
         A Ctrl-C while this runs (a second one, typically) restarts the removal instead of
-        abandoning it half-way; it is raised once everything recorded is gone.
+        abandoning it half-way; it is raised once everything recorded is gone. After
+        ``REMOVAL_ATTEMPTS`` interrupted removals the user means it: the last Ctrl-C is raised,
+        what is left stays recorded for ``pytest-swarm down ID`` or the next run's sweep.
         """
         interrupted: KeyboardInterrupt | None = None
-        while True:
+        problems: list[str] = []
+        for attempt in range(1, REMOVAL_ATTEMPTS + 1):
             try:
+                if attempt > 1:  # said inside the try: a Ctrl-C while saying it restarts too
+                    self.progress(
+                        f"UML cluster {self.session.id}: removal interrupted; removing again "
+                        f"({attempt}/{REMOVAL_ATTEMPTS})"
+                    )
                 with self._guard:
                     self._closing = True  # boot threads still running start nothing new
                 for engine in list(self._engines.values()):
@@ -409,6 +397,13 @@ class UmlProvider(LocalNodes):
                 break
             except KeyboardInterrupt as exc:  # removal is idempotent: run it again, whole
                 interrupted = exc
+        else:
+            self.progress(
+                f"UML cluster {self.session.id}: removal interrupted {REMOVAL_ATTEMPTS} times, given up; "
+                f"`pytest-swarm down {self.session.id}` removes what is left"
+            )
+            assert interrupted is not None
+            raise interrupted
         if interrupted is not None:
             raise interrupted
         if problems:

@@ -27,9 +27,10 @@ from ..commands import run
 from ..errors import ProvisioningError
 from ..ownership import Session, process_start_time
 from ..waiting import Poll, wait_for
+from .processes import alive
 from .uml_disk import base_disk, empty_engine_disk, write_config_disk
-from .uml_host import is_tmpfs, missing_requirements
-from .uml_kernel import alive, console_tail, kernel_argv
+from .uml_host import missing_requirements
+from .uml_kernel import console_tail, kernel_argv, start_kernel
 from .uml_net import FIRST_HOST, free_subnet, ip
 from .uml_ssh import make_key
 from .uml_state import live_states, remove_session, write_state
@@ -163,20 +164,7 @@ class BareHosts:
             mac=mac,
             address=f"{address}/{subnet.prefixlen}",
         )
-        env = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "LD_PRELOAD": str(self._state["shim"])}
-        if is_tmpfs(Path("/dev/shm")):
-            env["TMPDIR"] = "/dev/shm"  # the kernel's memory file stays in RAM
-        (folder / "uml").mkdir(exist_ok=True)
-        with open(folder / "console.log", "ab") as console:
-            proc = subprocess.Popen(
-                argv,
-                stdin=subprocess.DEVNULL,
-                stdout=console,
-                stderr=subprocess.STDOUT,
-                cwd=folder,
-                env=env,
-                start_new_session=True,
-            )
+        proc = start_kernel(argv, folder, str(self._state["shim"]))
         self._procs[name] = proc
         self._state["nodes"][name].update(pid=proc.pid, start=process_start_time(proc.pid))
         self._save()

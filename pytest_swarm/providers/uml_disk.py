@@ -26,8 +26,8 @@ from ..commands import run
 from ..errors import ProvisioningError
 from ..waiting import Poll, wait_for
 from .engines import TRANSIENT, engine_client
+from .processes import stop_process
 from .uml_host import package_version, uml_kernel
-from .uml_kernel import stop_process
 from .uml_state import live_states
 
 NODE_RECIPE = Path(__file__).parent / "uml_node"

@@ -1,6 +1,6 @@
 """uml, the kernel processes: a node's kernel is a process group of linux.uml processes in a
 session of its own; it and its ssh connection are recorded by pid and start time, and only a
-process that is still the recorded one is ever signalled."""
+process that is still the recorded one (``processes.alive``) is ever signalled."""
 
 from __future__ import annotations
 
@@ -10,10 +10,11 @@ import re
 import signal
 import subprocess
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
-from ..ownership import process_start_time
-from .uml_host import UML_BINARY
+from .processes import alive
+from .uml_host import UML_BINARY, is_tmpfs
 
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
 
@@ -42,6 +43,28 @@ def kernel_argv(
     ]
 
 
+def start_kernel(argv: Sequence[str], folder: Path, shim: str) -> subprocess.Popen[bytes]:
+    """Start a node's kernel (``kernel_argv``) in ``folder``, its console appended to console.log,
+    ``shim`` preloaded; the caller records the process at once."""
+    env = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "LD_PRELOAD": shim}
+    # The kernel's memory is a file it maps: on tmpfs it stays in RAM, with no disk writeback.
+    if is_tmpfs(Path("/dev/shm")):
+        env["TMPDIR"] = "/dev/shm"
+    (folder / "uml").mkdir(exist_ok=True)
+    with open(folder / "console.log", "ab") as console:
+        # Console input from /dev/null; a session of its own: the kernel's pid is its process
+        # group (killed as one), and Ctrl-C in the terminal doesn't reach it.
+        return subprocess.Popen(
+            list(argv),
+            stdin=subprocess.DEVNULL,
+            stdout=console,
+            stderr=subprocess.STDOUT,
+            cwd=folder,
+            env=env,
+            start_new_session=True,
+        )
+
+
 def console_tail(log: Path, node: str, lines: int = 15) -> str:
     """The end of a node's console (kernel, init and dockerd output), colour codes removed."""
     try:
@@ -50,16 +73,6 @@ def console_tail(log: Path, node: str, lines: int = 15) -> str:
         return f"({node}: no console log)"
     tail = [_ANSI.sub("", line) for line in text.splitlines()[-lines:]]
     return "\n".join(f"  {node}| {line}" for line in tail)
-
-
-def alive(pid: int | None, start: str | None) -> bool:
-    """The recorded process is still the same one (pid and start time), and not a zombie."""
-    if not pid or not start or process_start_time(pid) != start:
-        return False
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
-    except OSError:
-        return False
 
 
 def group_members(pgid: int, exe: Path) -> list[int]:
@@ -104,28 +117,6 @@ def kill_uml(pid: int | None, start: str | None, timeout: float = 15.0) -> str:
             os.waitpid(pid, os.WNOHANG)  # reap it when it is our child
         time.sleep(0.05)
     return f"UML process {pid} still running {timeout:g} s after SIGKILL"
-
-
-def kill_recorded(pid: int | None, start: str | None) -> None:
-    """SIGTERM a recorded helper (an ssh connection) if it is still the same process."""
-    if alive(pid, start):
-        assert pid is not None
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGTERM)
-        with contextlib.suppress(ChildProcessError):
-            os.waitpid(pid, 0)
-
-
-def stop_process(proc: subprocess.Popen[bytes], grace: float) -> None:
-    """SIGTERM, then SIGKILL to its process group after ``grace`` s; always reaped."""
-    if proc.poll() is None:
-        proc.terminate()
-        try:
-            proc.wait(grace)
-        except subprocess.TimeoutExpired:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(10)
 
 
 def node_memory(pid: int | None, start: str | None) -> dict[str, int]:

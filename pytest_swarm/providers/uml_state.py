@@ -12,7 +12,8 @@ from typing import Any
 
 from .. import images
 from ..ownership import UML_STATE_FILE, is_kept, owner_alive, remove_run_dir, run_root
-from .uml_kernel import kill_recorded, kill_uml
+from .processes import stop_recorded
+from .uml_kernel import kill_uml
 from .uml_net import delete_link, delete_rule
 
 STATE_FILE = UML_STATE_FILE
@@ -60,7 +61,7 @@ def remove_session(session_id: str) -> list[str]:
     if state is not None:
         nodes: dict[str, dict[str, Any]] = state.get("nodes", {})
         for record in nodes.values():
-            kill_recorded(record.get("ssh_pid"), record.get("ssh_start"))
+            stop_recorded(record.get("ssh_pid"), record.get("ssh_start"))
         for name, record in nodes.items():
             problem = kill_uml(record.get("pid"), record.get("start"))
             if problem:

@@ -22,7 +22,7 @@ import pytest
 from pytest_swarm import images, mesh
 from pytest_swarm.cluster import Cluster
 from pytest_swarm.ownership import Session, run_root
-from pytest_swarm.providers import uml_host, uml_kernel, uml_net, uml_state
+from pytest_swarm.providers import processes, uml_host, uml_kernel, uml_net, uml_state
 from pytest_swarm.providers.base import ProviderRun
 from pytest_swarm.providers.engines import local_engine
 from pytest_swarm.providers.uml import UmlProvider
@@ -87,7 +87,7 @@ def uml_leftovers(state: dict[str, Any]) -> list[str]:
     for name, node in state["nodes"].items():
         if node.get("pid") and uml_kernel.group_members(node["pid"], uml_host.UML_BINARY):
             found.append(f"{name}: UML processes of group {node['pid']}")
-        if uml_kernel.alive(node.get("ssh_pid"), node.get("ssh_start")):
+        if processes.alive(node.get("ssh_pid"), node.get("ssh_start")):
             found.append(f"{name}: ssh connection {node['ssh_pid']}")
         if Path(f"/sys/class/net/{node['tap']}").exists():
             found.append(f"tap {node['tap']}")
@@ -311,7 +311,7 @@ def test_kept_cluster_is_reattached_by_another_provider() -> None:
         assert record["DOCKER_HOST"] == provider.socket_url("master-1")
         node = recorded(provider.session.id)["nodes"]["master-1"]
         # as if it ended with the run that kept it
-        uml_kernel.kill_recorded(node["ssh_pid"], node["ssh_start"])
+        processes.stop_recorded(node["ssh_pid"], node["ssh_start"])
         again = make_provider(None, session=Session(id=provider.session.id, owner=Session.new().owner))
         cluster = again.attach(record["nodes"].split(","))
         assert [n.name for n in cluster.nodes()] == ["master-1"]

@@ -13,13 +13,14 @@ import json
 import os
 import stat
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from pytest_swarm import ownership
+from pytest_swarm import ownership, waiting
 from pytest_swarm.errors import ProvisioningError
 from pytest_swarm.ownership import Session, owner_token
 from pytest_swarm.providers import machine_cli
@@ -75,6 +76,14 @@ if command == "create":
         sys.stderr.write("Error creating machine: Error in driver during machine creation: "
                          "googleapi: Error 503: Backend Error, backendError\n")
         sys.exit(1)
+    if config["mode"] == "slow":  # what docker-machine says while a machine comes up
+        for line in ("Running pre-create checks...", f"({name}) Creating instance",
+                     f"({name}) Waiting for SSH"):
+            print(line, flush=True)
+            time.sleep(0.6)
+    if config["mode"] == "hang":
+        print("Creating machine...", flush=True)
+        time.sleep(60)
     if name in store:
         sys.stderr.write(f'Host already exists: "{name}"\n')
         sys.exit(1)
@@ -236,6 +245,46 @@ def test_an_auth_error_is_not_retried_and_names_the_credentials_problem(stand_in
     assert SECRET not in str(info.value)
     assert len(stand_in.argvs("create")) == 1
     assert MachineState(session.id).created == ["master-1"]  # recorded before the attempt
+
+
+@pytest.fixture
+def heartbeat(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[str]]:
+    """The lines the run's heartbeat gets, every 0.2 s instead of every 10 s."""
+    monkeypatch.setattr(waiting, "HEARTBEAT", 0.2)
+    lines: list[str] = []
+    previous = waiting.set_heartbeat(lines.append)
+    yield lines
+    waiting.set_heartbeat(previous)
+
+
+def test_a_long_create_tells_what_is_awaited_and_its_last_line(
+    stand_in: StandIn, heartbeat: list[str]
+) -> None:
+    stand_in.configure("slow")
+    MachineCli().create("worker-1", ["--driver", "google"])
+    assert all(line.startswith("docker-machine create worker-1: ") for line in heartbeat)
+    said = [line.split(" of 900 s: ", 1)[1] for line in heartbeat]
+    # each line docker-machine wrote is told in turn, while it is the last one
+    assert [line for i, line in enumerate(said) if i == 0 or said[i - 1] != line] == [
+        "Running pre-create checks...",
+        "(worker-1) Creating instance",
+        "(worker-1) Waiting for SSH",
+    ]
+    assert stand_in.machines() == ["worker-1"]
+
+
+def test_a_create_past_its_timeout_is_ended_as_a_transient_error(
+    stand_in: StandIn, heartbeat: list[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    stand_in.configure("hang")
+    monkeypatch.setattr(machine_cli, "CREATE_TIMEOUT", 1.0)
+    started = time.monotonic()
+    with pytest.raises(
+        TransientMachineError, match=r"did not finish within 1 s; its last line: Creating machine"
+    ):
+        MachineCli().create("worker-1", [])
+    assert time.monotonic() - started < 15  # the stand-in was ended, not waited for
+    assert heartbeat[-1].startswith("docker-machine create worker-1: ")
 
 
 @pytest.mark.parametrize(

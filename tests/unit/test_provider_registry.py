@@ -19,11 +19,13 @@ from pytest_swarm.providers.registry import NAMES, provider_class
 PACKAGE = Path(settings.__file__).parent
 PROVIDERS = PACKAGE / "providers"
 # Modules every provider may use; the others in providers/ are providers or a provider's parts.
-# local_nodes: the skeleton of dind and uml; remote_*: hosts over ssh, of the ssh and machine providers.
+# local_nodes: the skeleton of dind and uml; remote_*: hosts over ssh, of the ssh and machine providers;
+# processes: recorded processes and the ssh socket forward, of uml, ssh and machine.
 SHARED = {
     "base",
     "engines",
     "local_nodes",
+    "processes",
     "remote_access",
     "remote_nodes",
     "remote_state",
