@@ -17,8 +17,8 @@ Example::
 
 from __future__ import annotations
 
-from . import compose, declared, mesh
-from .capabilities import FEATURES
+from . import compose, declared, disruption, mesh, resilience
+from .capabilities import FEATURES, tested_on
 from .cluster import STACK_LABEL, Cluster, Node, Service, Task, seconds
 from .commands import run_docker
 from .envfiles import shifted_env
@@ -31,7 +31,7 @@ from .errors import (
     StackError,
     SwarmError,
 )
-from .evidence import show_on_failure
+from .evidence import show_on_failure, show_text_on_failure
 from .images import variant_ref
 from .lifecycle import SwarmLifecycle, lifecycle_of
 from .placement import NodeFacts, eligible, satisfies
@@ -81,6 +81,7 @@ __all__ = [
     "Together",
     "compose",
     "declared",
+    "disruption",
     "early_work_last",
     "eligible",
     "lifecycle_of",
@@ -91,13 +92,16 @@ __all__ = [
     "published_ports",
     "remove_all",
     "render",
+    "resilience",
     "run_docker",
     "satisfies",
     "seconds",
     "selected_params",
     "shifted_env",
     "show_on_failure",
+    "show_text_on_failure",
     "take_early",
+    "tested_on",
     "variant_ref",
     "wait_early",
     "wait_for",

@@ -57,6 +57,7 @@ class DindProvider(LocalNodes):
 
     name: ClassVar[str] = "dind"
     joins_networks_first: ClassVar[bool] = True
+    second_cluster_cost: ClassVar[str] = ""  # a few containers: seconds (bench/README.md)
 
     def __init__(self, run: ProviderRun) -> None:
         super().__init__(run)
