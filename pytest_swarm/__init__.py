@@ -18,7 +18,7 @@ Example::
 from __future__ import annotations
 
 from . import compose, declared, disruption, mesh, resilience
-from .capabilities import FEATURES, tested_on
+from .capabilities import FEATURES, judged_on
 from .cluster import STACK_LABEL, Cluster, Node, Service, Task, seconds
 from .commands import run_docker
 from .envfiles import shifted_env
@@ -84,6 +84,7 @@ __all__ = [
     "disruption",
     "early_work_last",
     "eligible",
+    "judged_on",
     "lifecycle_of",
     "load_env",
     "load_profile",
@@ -101,7 +102,6 @@ __all__ = [
     "show_on_failure",
     "show_text_on_failure",
     "take_early",
-    "tested_on",
     "variant_ref",
     "wait_early",
     "wait_for",

@@ -23,7 +23,7 @@ FEATURES = {
     "needs_routing_mesh": (IPVS, "IPVS (the ingress routing mesh balances through it)"),
     "needs_vip": (IPVS, "IPVS (VIP service discovery resolves through it)"),
 }
-# The cluster a test runs on when it is not the run's own (tested_on).
+# The cluster a test runs on when it is not the run's own (judged_on).
 TESTED_ON = pytest.StashKey["Cluster"]()
 IPVS_PROBE = "test -d /proc/sys/net/ipv4/vs || modprobe ip_vs 2>/dev/null; test -d /proc/sys/net/ipv4/vs"
 
@@ -41,7 +41,7 @@ def probe_capabilities(provider: _HasHosts, nodes: Sequence[str]) -> dict[str, d
     return found
 
 
-def tested_on(item: pytest.Item, cluster: Cluster) -> None:
+def judged_on(item: pytest.Item, cluster: Cluster) -> None:
     """Say that ``item`` runs on ``cluster``, a cluster of its own: its needs_routing_mesh and
     needs_vip markers are judged on that cluster's nodes, not on the run's (which then need not
     come up at all). Call it from a function-scoped fixture of the test."""

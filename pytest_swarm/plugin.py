@@ -190,7 +190,7 @@ def pytest_report_header(config: pytest.Config) -> list[str]:
 def pytest_runtest_setup(item: pytest.Item) -> Any:
     """After its fixtures: a test marked needs_routing_mesh / needs_vip is skipped at once on a
     cluster whose nodes lack what it needs, naming the nodes and the kernel feature (the run's
-    cluster, or the one its fixtures said it runs on: capabilities.tested_on)."""
+    cluster, or the one its fixtures said it runs on: capabilities.judged_on)."""
     outcome = yield
     markers = [marker for marker in FEATURES if item.get_closest_marker(marker) is not None]
     if markers:

@@ -52,13 +52,13 @@ from pytest_swarm import (
     declared,
     disruption,
     eligible,
+    judged_on,
     lifecycle_of,
     mesh,
     resilience,
     show_on_failure,
     show_text_on_failure,
     take_early,
-    tested_on,
     wait_for,
 )
 
@@ -774,7 +774,10 @@ def start_early(
     (acceptance/conftest.py calls this when they run too); None where the provider can't."""
     if disruption.IsolatedCluster.why_not(lifecycle_of(request.config).settings, PURPOSE):
         return None
-    return Disruptions(request, folder)
+    try:
+        return Disruptions(request, folder)
+    except SwarmError:
+        return None  # the module's fixture tries again, and fails saying why
 
 
 @pytest.fixture(scope="module")
@@ -785,7 +788,14 @@ def disruptions(
     why = disruption.IsolatedCluster.why_not(lifecycle_of(request.config).settings, PURPOSE)
     if why:
         pytest.skip(why)
-    running = take_early(request) or Disruptions(request, tmp_path_factory.mktemp(PURPOSE))
+    running, why = take_early(request), ""
+    if running is None:
+        try:
+            running = Disruptions(request, tmp_path_factory.mktemp(PURPOSE))
+        except SwarmError as exc:  # it says what to do: no traceback
+            why = f"swarm: {exc}"
+    if running is None:
+        pytest.fail(why, pytrace=False)
     try:
         yield running
     finally:
@@ -795,7 +805,7 @@ def disruptions(
 @pytest.fixture(autouse=True)
 def _on_its_own_cluster(request: pytest.FixtureRequest, disruptions: Disruptions) -> None:
     """The markers of these tests (needs_routing_mesh) are judged on the cluster of their own."""
-    tested_on(request.node, disruptions.cluster())
+    judged_on(request.node, disruptions.cluster())
 
 
 def checked(request: pytest.FixtureRequest, disruptions: Disruptions) -> Seen:

@@ -1,0 +1,87 @@
+"""Where the disruptive suite runs, how managers join, and text evidence (no engine)."""
+
+from __future__ import annotations
+
+import fnmatch
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+
+from pytest_swarm import disruption, evidence
+from pytest_swarm.providers import base
+from pytest_swarm.settings import resolve
+
+
+@pytest.mark.parametrize(
+    ("provider", "opt_in", "expected"),
+    [
+        ("dind", False, ""),
+        ("uml", False, "on uml that is as many UML kernels again*run it with --swarm-disruptive"),
+        ("uml", True, ""),
+        ("machine", False, "on machine that is as many machines again*--swarm-disruptive"),
+        ("attach", True, "resilience breaks nodes of a cluster of its own: *"),
+    ],
+)
+def test_a_cluster_of_its_own_is_brought_up_where_it_is_cheap_or_asked_for(
+    tmp_path: Path, provider: str, opt_in: bool, expected: str
+) -> None:
+    cli = {"provider": provider, **({"disruptive": "true"} if opt_in else {})}
+    why = disruption.IsolatedCluster.why_not(resolve(cli, {}, {}, tmp_path), "resilience")
+    if not expected:
+        assert why == ""
+    else:
+        assert fnmatch.fnmatch(why, f"*{expected}*"), why
+
+
+class FakeApi:
+    def __init__(self, joined: list[tuple[str, str]], name: str) -> None:
+        self.joined = joined
+        self.name = name
+
+    def _url(self, path: str) -> str:
+        return path
+
+    def _post_json(self, url: str, data: dict[str, Any]) -> dict[str, Any]:
+        self.joined.append((self.name, data["JoinToken"]))
+        return data
+
+    def _raise_for_status(self, response: Any) -> None:
+        return None
+
+
+def engine(name: str, joined: list[tuple[str, str]]) -> base.Engine:
+    swarm = SimpleNamespace(
+        init=lambda **_kw: None, attrs={"JoinTokens": {"Manager": "SWMTKN-m", "Worker": "SWMTKN-w"}}
+    )
+    client = SimpleNamespace(api=FakeApi(joined, name), swarm=swarm)
+    return base.Engine(name, client, f"10.0.0.{len(name)}")  # type: ignore[arg-type]
+
+
+def test_other_managers_join_one_at_a_time_with_the_manager_token_before_the_workers() -> None:
+    joined: list[tuple[str, str]] = []
+    names = ["master-2", "worker-1", "master-3", "worker-2"]
+    base.form_swarm(engine("master-1", joined), [engine(n, joined) for n in names])
+    assert joined[:2] == [("master-2", "SWMTKN-m"), ("master-3", "SWMTKN-m")]
+    assert sorted(joined[2:]) == [("worker-1", "SWMTKN-w"), ("worker-2", "SWMTKN-w")]
+
+
+def test_text_evidence_is_collected_only_when_asked_and_a_broken_collector_says_so() -> None:
+    item = SimpleNamespace(stash={})
+    calls: list[str] = []
+
+    def timeline() -> str:
+        calls.append("timeline")
+        return "0.0 s worker-2 ready/active"
+
+    def broken() -> str:
+        raise RuntimeError("no manager answers")
+
+    evidence.show_text_on_failure(item, "node states", timeline)  # type: ignore[arg-type]
+    evidence.show_text_on_failure(item, "moves", broken)  # type: ignore[arg-type]
+    assert calls == []
+    assert evidence.texts_of(item) == [  # type: ignore[arg-type]
+        ("node states", "0.0 s worker-2 ready/active"),
+        ("moves", "(could not collect moves: RuntimeError: no manager answers)"),
+    ]
