@@ -107,6 +107,11 @@ class Together(Generic[K, T]):
     def interrupt(self) -> None:
         self._stop.set()
 
+    @property
+    def interrupted(self) -> bool:
+        """Whether the run is ending: an operation skips what it would only put back for later."""
+        return self._stop.is_set()
+
     def close(self) -> None:
         """Wait for every operation (each is bounded by its own deadlines)."""
         self._pool.shutdown(wait=True)

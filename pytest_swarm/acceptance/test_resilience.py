@@ -204,6 +204,11 @@ class Disruptions:
     def _begin(self, scenario: str) -> Seen:
         return Seen(scenario, resilience.Timeline(time.monotonic()), time.time())
 
+    def happened(self, seen: Seen, what: str) -> None:
+        """A step of the scenario itself: on its timeline and in the run's progress lines."""
+        seen.timeline.mark(time.monotonic(), what)
+        self.lifecycle.progress(f"{PURPOSE}: {seen.scenario}: {what}")
+
     def _recorder(self, seen: Seen, limit: float) -> disruption.Recorder:
         return disruption.Recorder(self.managers, self.stack.name, seen.timeline, limit=limit)
 
@@ -329,6 +334,25 @@ class Disruptions:
             seen.problems.append(figure.describe())
         return took
 
+    def watch(self, what: str, wrong: Callable[[], str], window: resilience.Deadline) -> str:
+        """Look every POLL seconds, for ``window``, whether something swarm should not do
+        happened (``wrong()`` says what, "" while nothing did); the first thing seen, or ""."""
+        end = time.monotonic() + window.seconds
+        while time.monotonic() < end:
+            try:
+                seen = wrong()
+            except TRANSIENT:
+                seen = ""  # a look that failed saw nothing; the next one may
+            if seen:
+                return f"{what}: {seen}"
+            self.sleep(min(POLL, max(0.0, end - time.monotonic())))
+        return ""
+
+    def restore(self, action: Callable[[], object]) -> None:
+        """Put back what a scenario changed, unless the run is ending (the cluster goes anyway)."""
+        if not self.together.interrupted:
+            action()
+
     def node_is(self, name: str, want: Callable[[Node], bool]) -> Callable[[], Poll[None]]:
         def probe() -> Poll[None]:
             node = self.nodes().get(name)
@@ -411,7 +435,7 @@ class Disruptions:
                 prober.start()
             try:
                 self.provider.stop_node(victim)
-                lost.timeline.mark(time.monotonic(), f"{victim} killed (its replicated tasks: {dict(hit)})")
+                self.happened(lost, f"{victim} killed (its replicated tasks: {dict(hit)})")
                 to_down = self.node_is(victim, lambda n: n.state == "down")
                 if self.measure(lost, "to Down", to_down, down, started) is not None:
                     self.measure(
@@ -441,10 +465,20 @@ class Disruptions:
         before = {name: {t.id for t in s.running_tasks()} for name, s in self.services().items()}
         replicated = self.replicated()
         settle = resilience.Deadline(self.timers.heartbeat + resilience.HEARTBEAT_JITTER, "one heartbeat")
+        found: set[str] = set()
+
+        def new_replicas() -> str:
+            for name, service in self.services().items():
+                if name in replicated:
+                    found.update(
+                        f"{name} {t.id[:12]}" for t in service.running_tasks() if t.id not in before[name]
+                    )
+            return ", ".join(sorted(found))
+
         with self._recorder(back, limit=self.settings.timeout + 60).recording():
             started = time.monotonic()
             self.provider.start_node(victim)
-            back.timeline.mark(time.monotonic(), f"{victim} started again")
+            self.happened(back, f"{victim} started again")
             node_start = resilience.Deadline(
                 self.settings.timeout, f"--swarm-timeout {self.settings.timeout:g} s"
             )
@@ -459,21 +493,13 @@ class Disruptions:
                     self.global_deadline(victim),
                     started,
                 )
-                # a move back shows at once: a Ready node is handed its tasks as its session starts
-                self.sleep(max(0.0, started + ready + settle.seconds - time.monotonic()))
-                moved = {
-                    name: sorted(t.id[:12] for t in s.running_tasks() if t.id not in before[name])
-                    for name, s in self.services().items()
-                    if name in replicated
-                }
-                moved = {name: ids for name, ids in moved.items() if ids}
+                # a move back would show at once: a Ready node is handed its tasks as its session starts
+                moved = self.watch(f"replicas started anew after {victim} came back", new_replicas, settle)
                 back.figures.append(
-                    resilience.Figure(
-                        "node back", "replicas moved back", sum(map(len, moved.values())), "tasks"
-                    )
+                    resilience.Figure("node back", "replicas moved back", len(found), "tasks")
                 )
                 if moved:
-                    back.problems.append(f"replicas started anew after {victim} came back: {moved}")
+                    back.problems.append(moved)
         self._done(back)
 
     # -- 3: drain and active ---------------------------------------------------------------------------
@@ -503,15 +529,15 @@ class Disruptions:
         with self._recorder(seen, limit=4 * replacement.seconds + self.settings.timeout).recording():
             started = time.monotonic()
             self.set_availability(target, "drain")
-            seen.timeline.mark(time.monotonic(), f"{target} drained (its tasks: {dict(hit)})")
+            self.happened(seen, f"{target} drained (its tasks: {dict(hit)})")
             try:
                 self.measure(
                     seen, "to no task on the node", self._no_task_on(target), empty_deadline, started
                 )
                 self.measure(seen, "to replicas restored", self.whole_without({target}), replacement, started)
             finally:
-                self.set_availability(target, "active")
-                seen.timeline.mark(time.monotonic(), f"{target} active again")
+                self.restore(partial(self.set_availability, target, "active"))
+                self.happened(seen, f"{target} active again")
             back = time.monotonic()
             self.measure(
                 seen, "active: global tasks back", self.globals_on(target), self.global_deadline(target), back
@@ -549,7 +575,7 @@ class Disruptions:
         with self._recorder(seen, limit=limit).recording():
             started = time.monotonic()
             peers = disruption.partition(self.provider, self.swarm, target)
-            seen.timeline.mark(time.monotonic(), f"{target} cut off from {peers} (its tasks: {dict(hit)})")
+            self.happened(seen, f"{target} cut off from {peers} (its tasks: {dict(hit)})")
             try:
                 to_down = self.node_is(target, lambda n: n.state == "down")
                 if self.measure(seen, "to Down", to_down, down, started) is not None:
@@ -563,7 +589,7 @@ class Disruptions:
             finally:
                 disruption.heal(self.provider, target)
                 healed = time.monotonic()
-                seen.timeline.mark(healed, f"{target} healed")
+                self.happened(seen, f"{target} healed")
             to_ready = self.node_is(target, lambda n: n.ready)
             if self.measure(seen, "healed: to Ready", to_ready, rejoin, healed) is not None:
                 self.measure(
@@ -619,10 +645,12 @@ class Disruptions:
         leader = self.managers.leader()
         before = self._workers_containers()
         election = self.timers.new_leader()
-        with self._recorder(seen, limit=4 * election.seconds + self.settings.timeout).recording():
+        _, replacement = self.restored(self.tasks_on(leader, replicated_only=True))
+        limit = 4 * (election.seconds + self.timers.node_down().seconds + replacement.seconds)
+        with self._recorder(seen, limit=limit + self.settings.timeout).recording():
             started = time.monotonic()
             self.provider.stop_node(leader)
-            seen.timeline.mark(time.monotonic(), f"{leader} (leader) killed")
+            self.happened(seen, f"{leader} (leader) killed")
             try:
 
                 def elected() -> Poll[None]:
@@ -633,9 +661,15 @@ class Disruptions:
                     seen.notes.append(
                         f"{PURPOSE}: leader lost: {leader} killed, {self.managers.leader([leader])} elected"
                     )
-                    done, state, _ = self.whole({leader})
-                    if not done:
-                        seen.problems.append(f"with {leader} lost and another leader: {state}")
+                    # the new leader hears nothing from the old one, marks it Down and replaces its tasks
+                    restored = election + self.timers.node_down() + replacement
+                    self.measure(
+                        seen, "to replicas restored", self.whole_without({leader}), restored, started
+                    )
+                    for name in self.whole({leader})[2]:
+                        seen.notes.append(
+                            f"{PURPOSE}: {name} can run only on {leader}: pending while it was down"
+                        )
                     after = self._workers_containers()
                     stopped = sorted(c[:12] for c in before if c not in after)
                     if stopped:
@@ -643,8 +677,8 @@ class Disruptions:
                             f"task containers stopped on the workers when {leader} was lost: {stopped}"
                         )
             finally:
-                self.provider.start_node(leader)
-                seen.timeline.mark(time.monotonic(), f"{leader} started again")
+                self.restore(partial(self.provider.start_node, leader))
+                self.happened(seen, f"{leader} started again")
         self._done(seen)
 
     def quorum_lost(self) -> None:
@@ -657,45 +691,47 @@ class Disruptions:
         before = self._workers_containers()
         election, watch = self.timers.new_leader(), self.timers.observation()
         refusal: list[str] = []
+        own = self.swarm.engines[survivor].api.inspect_node(survivor)  # the change it will be asked
+        found: set[str] = set()
+
+        def gone() -> str:
+            after = self._workers_containers()
+            found.update(c[:12] for c in before if c not in after)
+            return ", ".join(sorted(found))
+
         with self._recorder(
             seen, limit=4 * (election.seconds + watch.seconds) + self.settings.timeout
         ).recording():
             started = time.monotonic()
             stopping = Together({n: partial(self.provider.stop_node, n) for n in lost}, name="stop")
             stopping.close()
-            seen.timeline.mark(
-                time.monotonic(), f"{', '.join(lost)} killed ({survivor} left of {len(names)})"
-            )
+            self.happened(seen, f"{', '.join(lost)} killed ({survivor} left of {len(names)})")
             try:
-                refused = self._refuses(survivor, refusal)
+                refused = self._refuses(survivor, own, refusal)
                 if self.measure(seen, "to changes refused", refused, election, started) is not None:
                     seen.notes.append(
                         f"{PURPOSE}: quorum lost: {', '.join(lost)} killed; {survivor} refused a change: "
                         f"{refusal[-1] if refusal else '?'}"
                     )
-                    self.sleep(watch.seconds)  # as long as a manager would wait before it acted
-                    after = self._workers_containers()
-                    kept = [c for c in before if c in after]
+                    # as long as a manager would wait before it acted on a node it no longer hears
+                    stopped = self.watch(
+                        "without quorum, task containers stopped on the workers", gone, watch
+                    )
+                    kept = len(before) - len(found)
                     seen.figures.append(
                         resilience.Figure(
                             "quorum lost",
                             "task containers kept running",
-                            len(kept),
+                            kept,
                             "containers",
                             note=f"of {len(before)}",
                         )
                     )
-                    if len(kept) != len(before):
-                        stopped = sorted(c[:12] for c in before if c not in after)
-                        seen.problems.append(
-                            f"without quorum, task containers stopped on the workers: {stopped}"
-                        )
+                    if stopped:
+                        seen.problems.append(stopped)
             finally:
                 back = time.monotonic()
-                starting = Together({n: partial(self.provider.start_node, n) for n in lost}, name="start")
-                starting.close()
-                for name in lost:
-                    starting.outcome(name, timeout=0).get()
+                self.restore(partial(self._start_all, lost))
             quorum_back = (
                 resilience.Deadline(self.settings.timeout, f"--swarm-timeout {self.settings.timeout:g} s")
                 + election
@@ -703,22 +739,31 @@ class Disruptions:
             self.measure(seen, "restarted: to a leader", self._has_leader(), quorum_back, back)
         self._done(seen)
 
-    def _refuses(self, survivor: str, refusal: list[str]) -> Callable[[], Poll[None]]:
-        """A change asked of ``survivor`` (a label on its own node) is refused for want of a leader."""
+    def _start_all(self, names: list[str]) -> None:
+        """Start the nodes at once: each start waits for every node to be Ready."""
+        starting = Together({n: partial(self.provider.start_node, n) for n in names}, name="start")
+        starting.close()
+        for name in names:
+            starting.outcome(name, timeout=0).get()
+
+    def _refuses(self, survivor: str, own: dict[str, Any], refusal: list[str]) -> Callable[[], Poll[None]]:
+        """A change asked of ``survivor`` (a label on its own node, ``own`` as it was before the
+        loss) is refused for want of a leader."""
         engine = self.swarm.engines[survivor]
+        current = [own]
 
         def probe() -> Poll[None]:
+            raw = current[0]
+            labels = {**(raw["Spec"].get("Labels") or {}), "io.pytest-swarm.quorum-probe": str(time.time())}
             try:
-                raw = engine.api.inspect_node(survivor)
-                labels = {
-                    **(raw["Spec"].get("Labels") or {}),
-                    "io.pytest-swarm.quorum-probe": str(time.time()),
-                }
                 engine.api.update_node(raw["ID"], raw["Version"]["Index"], {**raw["Spec"], "Labels": labels})
             except docker.errors.APIError as exc:
                 said = disruption.error_text(exc)
                 refusal.append(said)
-                return Poll(resilience.refuses_for_quorum(said), f"refused, but not for quorum: {said}")
+                return Poll(
+                    resilience.refuses_for_quorum(said), f"refused, but not for want of quorum: {said}"
+                )
+            current[0] = engine.api.inspect_node(survivor)  # its next change needs the new version
             return Poll(False, f"{survivor} still accepts changes")
 
         return probe
