@@ -341,6 +341,11 @@ def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> Non
         terminalreporter.section("swarm")
         for line in lines:
             terminalreporter.write_line(masker(line))
+    figures = list(merged.figures) if merged is not None else lifecycle_of(config).figures
+    if figures:
+        terminalreporter.section("swarm resilience: measured, and the deadline each was held to")
+        for figure in figures:
+            terminalreporter.write_line(masker(figure.describe()))
     timings = list(merged.timings) if merged is not None else lifecycle_of(config).timings
     if timings:
         terminalreporter.section("swarm timing: declared waits and the rest")
