@@ -136,6 +136,7 @@ class Disruptions:
         self.steps = [step for step in STEPS if any(CHECKS[t][0] == step for t in wanted if t in CHECKS)]
         self.seen: dict[str, Future[Seen]] = {scenario: Future() for scenario in SCENARIOS}
         self.up: Future[Cluster] = Future()
+        self.status = "the cluster of its own coming up"  # what the scenarios did last
         self.own = disruption.IsolatedCluster(self.lifecycle, PURPOSE, sleep=lambda s: self.together.sleep(s))
         self.together: Together[str, None] = Together({"run": self.run}, name=PURPOSE, start=False)
         self.together.start()
@@ -154,10 +155,21 @@ class Disruptions:
 
     # -- what the tests ask -----------------------------------------------------------------------
     def cluster(self) -> Cluster:
-        return self.up.result(timeout=self.settings.timeout * 4)
+        """The cluster of their own, once up (its start waits for engines and the stack, each
+        within --swarm-timeout)."""
+        self._wait(self.up, "the cluster of its own up", 3 * self.settings.timeout)
+        return self.up.result(timeout=0)
 
     def outcome(self, scenario: str) -> Seen:
-        return self.seen[scenario].result(timeout=3600)
+        """What ``scenario`` showed. Each wait of a step is bounded by its own deadline (at most
+        twice it), and getting whole again by --swarm-timeout: this bound only catches a step
+        stuck in a call."""
+        budget = 3 * self.settings.timeout * (len(self.steps) + 1)
+        self._wait(self.seen[scenario], f"the {scenario} scenario", budget)
+        return self.seen[scenario].result(timeout=0)
+
+    def _wait(self, future: Future[Any], what: str, timeout: float) -> None:
+        wait_for(lambda: Poll(future.done(), self.status), what=what, timeout=timeout, interval=0.5)
 
     # -- the run --------------------------------------------------------------------------------
     def sleep(self, seconds: float) -> None:
@@ -203,15 +215,17 @@ class Disruptions:
         self.seen[seen.scenario].set_result(seen)
 
     def _begin(self, scenario: str) -> Seen:
+        self.status = f"{scenario}: begun"
         return Seen(scenario, resilience.Timeline(time.monotonic()), time.time())
 
     def happened(self, seen: Seen, what: str) -> None:
         """A step of the scenario itself: on its timeline and in the run's progress lines."""
         seen.timeline.mark(time.monotonic(), what)
-        self.lifecycle.progress(f"{PURPOSE}: {seen.scenario}: {what}")
+        self.status = f"{seen.scenario}: {what}"
+        self.lifecycle.progress(f"{PURPOSE}: {self.status}")
 
     def _recorder(self, seen: Seen, limit: float) -> disruption.Recorder:
-        return disruption.Recorder(self.managers, self.stack.name, seen.timeline, limit=limit)
+        return disruption.Recorder(self.managers, self.stack.name, seen.timeline, limit=limit, interval=0.5)
 
     # -- looks at the cluster --------------------------------------------------------------------
     def _health(self, name: str) -> declared.Healthcheck | None:
