@@ -259,9 +259,9 @@ class Recorder:
                 for s in client.api.services(filters={"label": f"{STACK_LABEL}={self.stack}"})
             }
         except (SwarmError, *TRANSIENT) as exc:
-            self.timeline.see(now, "managers", f"answer no look ({_explained(exc)})")
+            self.timeline.see(now, "managers", f"silent ({_explained(exc)})")
             return
-        self.timeline.see(now, "managers", "answer")
+        self.timeline.see(now, "managers", "answering")
         names = {n["ID"]: n["Description"]["Hostname"] for n in nodes}
         for node in nodes:
             self.timeline.see(now, node["Description"]["Hostname"], resilience.node_state(node))

@@ -9,7 +9,8 @@ from typing import Any
 
 import pytest
 
-from pytest_swarm import disruption, evidence
+from pytest_swarm import disruption, evidence, resilience
+from pytest_swarm.errors import SwarmError
 from pytest_swarm.providers import base
 from pytest_swarm.settings import resolve
 
@@ -85,3 +86,58 @@ def test_text_evidence_is_collected_only_when_asked_and_a_broken_collector_says_
         ("node states", "0.0 s worker-2 ready/active"),
         ("moves", "(could not collect moves: RuntimeError: no manager answers)"),
     ]
+
+
+class FakeManagers:
+    """What the recorder asks of the managers: one client, or none answering."""
+
+    def __init__(self, api: Any) -> None:
+        self.api = api
+
+    def client(self) -> Any:
+        if self.api is None:
+            raise SwarmError("no manager answers (last: master-1: connection refused)")
+        return SimpleNamespace(api=self.api)
+
+
+def raw_node(nid: str, name: str, state: str) -> dict[str, Any]:
+    return {
+        "ID": nid,
+        "Description": {"Hostname": name},
+        "Status": {"State": state},
+        "Spec": {"Availability": "active"},
+    }
+
+
+def test_the_recorder_sees_node_states_running_tasks_and_silent_managers() -> None:
+    nodes = [raw_node("n1", "worker-1", "ready"), raw_node("n2", "worker-2", "ready")]
+    tasks = [
+        {"ServiceID": "s1", "NodeID": "n1", "Status": {"State": "running"}},
+        {"ServiceID": "s1", "NodeID": "n1", "Status": {"State": "running"}},
+        {"ServiceID": "s1", "NodeID": "n2", "Status": {"State": "running"}},
+        {"ServiceID": "s1", "NodeID": "n2", "Status": {"State": "preparing"}},
+    ]
+    api = SimpleNamespace(
+        nodes=lambda: nodes,
+        tasks=lambda filters: tasks,
+        services=lambda filters: [{"ID": "s1", "Spec": {"Name": "DEV_ui"}}],
+    )
+    managers = FakeManagers(api)
+    timeline = resilience.Timeline(start=0.0)
+    recorder = disruption.Recorder(managers, "DEV", timeline, limit=1.0)  # type: ignore[arg-type]
+    recorder.look()
+    nodes[1] = raw_node("n2", "worker-2", "down")
+    del tasks[2]
+    recorder.look()
+    managers.api = None
+    recorder.look()
+    seen = [what for _, what in timeline.events]
+    assert seen[:4] == [
+        "managers answering",
+        "worker-1 ready/active",
+        "worker-2 ready/active",
+        "DEV_ui 3 running (worker-1 x2, worker-2)",
+    ]
+    assert "worker-2 ready/active -> down/active" in seen
+    assert "DEV_ui 3 running (worker-1 x2, worker-2) -> 2 running (worker-1 x2)" in seen
+    assert seen[-1].startswith("managers answering -> silent (no manager answers (last: master-1")
