@@ -54,9 +54,10 @@ def pytest_collectstart(collector: pytest.Collector) -> None:
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Modules run in three groups around the early work (below): those that only read the
-    main stack, those that started early work, those that need the cluster to themselves;
-    each group in the order it was given (pytest-randomly shuffles it)."""
+    """Modules run in four groups around the early work (below): those that only read the
+    main stack, those that started early work, those that need the cluster to themselves,
+    those on a cluster of their own; each group in the order it was given (pytest-randomly
+    shuffles it)."""
     early_work_last(items)
 
 
