@@ -331,7 +331,7 @@ class Disruptions:
             wait_for(
                 probe,
                 what=f"{seen.scenario}: {what}",
-                timeout=max(0.0, since + limit - time.monotonic()),
+                timeout=round(max(0.0, since + limit - time.monotonic()), 1),
                 interval=POLL,
                 transient=TRANSIENT,
                 sleep=self.sleep,
@@ -442,7 +442,7 @@ class Disruptions:
         victim = self.busiest_worker(replicated_only=True)
         hit = self.tasks_on(victim, replicated_only=True)
         survivors = {n: a for n, a in self.swarm.addresses.items() if n != victim}
-        down, (slowest, replacement) = self.timers.node_down(), self.restored(hit)
+        down, (_, replacement) = self.timers.node_down(), self.restored(hit)
         prober = Prober(self, survivors, lost) if not self.swarm.missing_capability("ipvs") else None
         with self._recorder(lost, limit=4 * (down.seconds + replacement.seconds)).recording():
             started = time.monotonic()
@@ -450,7 +450,7 @@ class Disruptions:
                 prober.start()
             try:
                 self.provider.stop_node(victim)
-                self.happened(lost, f"{victim} killed (its replicated tasks: {dict(hit)})")
+                self.happened(lost, f"{victim} killed (its replicated tasks: {_counts(hit)})")
                 to_down = self.node_is(victim, lambda n: n.state == "down")
                 if self.measure(lost, "to Down", to_down, down, started) is not None:
                     self.measure(
@@ -467,8 +467,6 @@ class Disruptions:
                         f"{PURPOSE}: {name} can run only on {victim} ({self.services()[name].constraints}): "
                         f"pending while {victim} was down, as swarm promises"
                     )
-                if slowest:
-                    lost.notes.append(f"{PURPOSE}: worker lost: the slowest replacement allowed: {slowest}")
             finally:
                 if prober is not None:
                     prober.stop()
@@ -529,7 +527,7 @@ class Disruptions:
         seen = self._begin("drain")
         target = self.busiest_worker(replicated_only=False)
         hit = self.tasks_on(target)
-        slowest, replacement = self.restored(hit, drained=True)
+        _, replacement = self.restored(hit, drained=True)
         stops = resilience.longest(
             (
                 name,
@@ -544,7 +542,7 @@ class Disruptions:
         with self._recorder(seen, limit=4 * replacement.seconds + self.settings.timeout).recording():
             started = time.monotonic()
             self.set_availability(target, "drain")
-            self.happened(seen, f"{target} drained (its tasks: {dict(hit)})")
+            self.happened(seen, f"{target} drained (its tasks: {_counts(hit)})")
             try:
                 self.measure(
                     seen, "to no task on the node", self._no_task_on(target), empty_deadline, started
@@ -560,13 +558,18 @@ class Disruptions:
             done, state, _ = self.whole(set())
             if not done:
                 seen.problems.append(f"after {target} was active again: {state}")
-        if slowest:
-            seen.notes.append(f"{PURPOSE}: drain: the slowest replacement allowed: {slowest}")
         self._done(seen)
 
     def _no_task_on(self, node: str) -> Callable[[], Poll[None]]:
+        """No task runs on ``node``, as its agent reports (swarm wanting it stopped is not enough)."""
+
         def probe() -> Poll[None]:
-            left = {k: v for k, v in self.tasks_on(node).items() if v}
+            node_id = self.nodes()[node].id
+            left = {
+                name: n
+                for name, service in self.services().items()
+                if (n := sum(1 for t in service.tasks() if t.node_id == node_id and t.state == "running"))
+            }
             return Poll(not left, f"still running on {node}: {left}")
 
         return probe
@@ -590,7 +593,7 @@ class Disruptions:
         with self._recorder(seen, limit=limit).recording():
             started = time.monotonic()
             peers = disruption.partition(self.provider, self.swarm, target)
-            self.happened(seen, f"{target} cut off from {peers} (its tasks: {dict(hit)})")
+            self.happened(seen, f"{target} cut off from {peers} (its tasks: {_counts(hit)})")
             try:
                 to_down = self.node_is(target, lambda n: n.state == "down")
                 if self.measure(seen, "to Down", to_down, down, started) is not None:
@@ -791,6 +794,10 @@ class Disruptions:
             return Poll(bool(leader) and not late, f"leader {leader or 'none'}, not Ready: {late}")
 
         return probe
+
+
+def _counts(found: Counter[str]) -> str:
+    return ", ".join(f"{name} {count}" for name, count in sorted(found.items()) if count) or "none"
 
 
 class Prober:
