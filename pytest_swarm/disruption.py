@@ -9,8 +9,11 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
+from concurrent import futures
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, Generic, TypeVar
 
 import docker
 import docker.errors
@@ -29,6 +32,7 @@ from .settings import Settings
 from .stack import DeployedStack
 
 Sleep = Callable[[float], None]
+T = TypeVar("T")
 
 
 class IsolatedCluster:
@@ -136,39 +140,96 @@ class IsolatedCluster:
         self.lifecycle.note(f"{self.purpose}: cluster {self.session.id} removed")
 
 
-class Managers:
-    """The cluster's managers, asked in turn: the first whose engine answers as a manager is
-    used (a disruptive check kills managers, master-1 among them)."""
+@dataclass(frozen=True)
+class Answer(Generic[T]):
+    """What one call returned or raised, and when it was made (monotonic)."""
 
-    def __init__(self, cluster: Cluster) -> None:
+    asked: float
+    value: T | None
+    error: BaseException | None
+
+
+class Asking(Generic[T]):
+    """One question asked again and again of an engine that may hold a call long: a manager
+    whose leader is gone holds a call until its own request deadline (20 s, seen on engine
+    20.10), so a look must not wait for it. A new call goes out once the newest pending one is
+    ``every`` seconds old (at most ``most`` pending); a look waits at most ``wait`` seconds and
+    returns the answer of the newest call that ended, or None when none did."""
+
+    def __init__(
+        self, call: Callable[[], T], pool: ThreadPoolExecutor, every: float = 1.0, most: int = 6
+    ) -> None:
+        self.call = call
+        self.pool = pool
+        self.every = every
+        self.most = most
+        self.pending: list[tuple[float, Future[T]]] = []
+
+    def look(self, wait: float) -> Answer[T] | None:
+        now = time.monotonic()
+        fresh = self.pending and now - self.pending[-1][0] < self.every
+        if not fresh and len(self.pending) < self.most:
+            self.pending.append((now, self.pool.submit(self.call)))
+        futures.wait([f for _, f in self.pending], timeout=wait, return_when=futures.FIRST_COMPLETED)
+        ended = [(asked, f) for asked, f in self.pending if f.done()]
+        self.pending = [(asked, f) for asked, f in self.pending if not f.done()]
+        if not ended:
+            return None
+        asked, future = max(ended, key=lambda pair: pair[0])
+        error = future.exception()
+        return Answer(asked, None if error is not None else future.result(), error)
+
+
+class Managers:
+    """The cluster's managers, asked in turn: the first whose engine answers as a manager
+    within ``answer_within`` seconds is used (a disruptive check kills managers, master-1
+    among them, and a manager without a leader holds calls)."""
+
+    def __init__(self, cluster: Cluster, answer_within: float = 1.0) -> None:
         self.cluster = cluster
         self.names = [n.name for n in cluster.nodes() if n.role == "manager"]
+        self.answer_within = answer_within
         self.last_error = ""
+        self.pool = ThreadPoolExecutor(max_workers=8 * (len(self.names) + 1), thread_name_prefix="swarm-ask")
+        self._asking: dict[str, Asking[list[dict[str, Any]]]] = {}
 
-    def client(self, exclude: Sequence[str] = ()) -> docker.DockerClient:
-        """A manager's client that answers now.
+    def asking(self, call: Callable[[], T]) -> Asking[T]:
+        """Ask ``call`` again and again without waiting for a call held long (see Asking)."""
+        return Asking(call, self.pool)
 
-        Raises:
-            SwarmError: none answers; says what the last one said.
-        """
+    def _answer(self, exclude: Sequence[str]) -> tuple[docker.DockerClient, list[dict[str, Any]]]:
         for name in (n for n in self.names if n not in exclude):
             engine = self.cluster.engines.get(name)
             if engine is None:
                 continue
-            try:
-                engine.api.nodes()
-            except TRANSIENT as exc:
-                self.last_error = f"{name}: {_explained(exc)}"
-                continue
-            return engine
+            asking = self._asking.setdefault(name, Asking(engine.api.nodes, self.pool))
+            answer = asking.look(self.answer_within)
+            if answer is None:
+                self.last_error = f"{name}: no answer within {self.answer_within:g} s"
+            elif answer.error is not None:
+                self.last_error = f"{name}: {_explained(answer.error)}"
+            elif answer.value is not None:
+                return engine, answer.value
         raise SwarmError(f"no manager answers (last: {self.last_error or 'none reached'})")
 
+    def client(self, exclude: Sequence[str] = ()) -> docker.DockerClient:
+        """A manager's client that answered just now.
+
+        Raises:
+            SwarmError: none answers; says what the last one said.
+        """
+        return self._answer(exclude)[0]
+
     def nodes(self, exclude: Sequence[str] = ()) -> list[Node]:
-        return sorted((Node(raw) for raw in self.client(exclude).api.nodes()), key=lambda n: n.name)
+        return sorted((Node(raw) for raw in self._answer(exclude)[1]), key=lambda n: n.name)
 
     def leader(self, exclude: Sequence[str] = ()) -> str:
         """The leader as a manager that answers sees it ("" when it sees none)."""
         return next((n.name for n in self.nodes(exclude) if n.leader), "")
+
+    def close(self) -> None:
+        """Stop asking (a call still held ends by the engine's own deadline)."""
+        self.pool.shutdown(wait=False, cancel_futures=True)
 
 
 def _explained(exc: BaseException) -> str:

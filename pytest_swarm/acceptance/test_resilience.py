@@ -202,6 +202,8 @@ class Disruptions:
                 self.whole_again(step)
         except BaseException as exc:
             self._give_up(exc)
+        finally:
+            self.managers.close()
 
     def _give_up(self, exc: BaseException) -> None:
         """Every scenario not seen yet ends with ``exc`` (the run stopping, or the cluster not
@@ -766,23 +768,26 @@ class Disruptions:
 
     def _refuses(self, survivor: str, own: dict[str, Any], refusal: list[str]) -> Callable[[], Poll[None]]:
         """A change asked of ``survivor`` (a label on its own node, ``own`` as it was before the
-        loss) is refused for want of a leader."""
+        loss) is refused for want of a leader. Asked again every second without waiting for a
+        call the manager holds (it holds one until its own deadline while it still believes in
+        the lost leader)."""
         engine = self.swarm.engines[survivor]
-        current = [own]
+        labels = {**(own["Spec"].get("Labels") or {}), "io.pytest-swarm.quorum-probe": "asked"}
+        asking = self.managers.asking(
+            partial(
+                engine.api.update_node, own["ID"], own["Version"]["Index"], {**own["Spec"], "Labels": labels}
+            )
+        )
 
         def probe() -> Poll[None]:
-            raw = current[0]
-            labels = {**(raw["Spec"].get("Labels") or {}), "io.pytest-swarm.quorum-probe": str(time.time())}
-            try:
-                engine.api.update_node(raw["ID"], raw["Version"]["Index"], {**raw["Spec"], "Labels": labels})
-            except docker.errors.APIError as exc:
-                said = disruption.error_text(exc)
-                refusal.append(said)
-                return Poll(
-                    resilience.refuses_for_quorum(said), f"refused, but not for want of quorum: {said}"
-                )
-            current[0] = engine.api.inspect_node(survivor)  # its next change needs the new version
-            return Poll(False, f"{survivor} still accepts changes")
+            answer = asking.look(wait=1.0)
+            if answer is None:
+                return Poll(False, f"{survivor} holds the change asked (no answer yet)")
+            if answer.error is None:
+                return Poll(False, f"{survivor} accepted a change")
+            said = disruption.error_text(answer.error)
+            refusal.append(said)
+            return Poll(resilience.refuses_for_quorum(said), f"refused, but not for want of quorum: {said}")
 
         return probe
 

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import fnmatch
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -141,3 +144,31 @@ def test_the_recorder_sees_node_states_running_tasks_and_silent_managers() -> No
     assert "worker-2 ready/active -> down/active" in seen
     assert "DEV_ui 3 running (worker-1 x2, worker-2) -> 2 running (worker-1 x2)" in seen
     assert seen[-1].startswith("managers answering -> silent (no manager answers (last: master-1")
+
+
+def test_asking_again_gets_past_a_call_the_engine_holds() -> None:
+    """A manager holding the first call (its lost leader's deadline) does not hold the look:
+    a later call's answer comes back first and is the one seen."""
+    release = threading.Event()
+    calls: list[int] = []
+
+    def call() -> int:
+        calls.append(len(calls))
+        if len(calls) == 1:
+            release.wait(10)  # held
+            raise RuntimeError("context deadline exceeded")
+        return len(calls)
+
+    pool = ThreadPoolExecutor(max_workers=4)
+    try:
+        asking = disruption.Asking(call, pool, every=0.05, most=3)
+        started = time.monotonic()
+        seen = None
+        while seen is None and time.monotonic() - started < 5:
+            seen = asking.look(wait=0.05)
+        assert seen is not None and seen.error is None and seen.value == 2
+        assert time.monotonic() - started < 2
+        assert len(asking.pending) == 1  # the held call, still pending
+    finally:
+        release.set()
+        pool.shutdown(wait=True)
