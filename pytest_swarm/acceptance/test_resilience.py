@@ -30,6 +30,7 @@ import time
 from collections import Counter
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
@@ -216,9 +217,19 @@ class Disruptions:
         seen.moves = disruption.task_history(self.managers, self.stack.name, seen.origin)
         self.seen[seen.scenario].set_result(seen)
 
-    def _begin(self, scenario: str) -> Seen:
-        self.status = f"{scenario}: begun"
-        return Seen(scenario, resilience.Timeline(time.monotonic()), time.time())
+    @contextmanager
+    def scenario(self, name: str) -> Iterator[Seen]:
+        """What a scenario shows, handed to its test when it ends, also when it ends early (an
+        error, the run stopping): the test then fails with it, and its evidence."""
+        self.status = f"{name}: begun"
+        seen = Seen(name, resilience.Timeline(time.monotonic()), time.time())
+        try:
+            yield seen
+        except Exception as exc:
+            seen.problems.append(f"{name} ended early: {type(exc).__name__}: {exc}")
+            self._done(seen)
+            raise
+        self._done(seen)
 
     def happened(self, seen: Seen, what: str) -> None:
         """A step of the scenario itself: on its timeline and in the run's progress lines."""
@@ -440,82 +451,83 @@ class Disruptions:
 
     # -- 1 and 2: a worker killed, then back --------------------------------------------------------
     def worker_lost_and_back(self) -> None:
-        lost = self._begin("worker lost")
-        victim = self.busiest_worker(replicated_only=True)
-        hit = self.tasks_on(victim, replicated_only=True)
-        survivors = {n: a for n, a in self.swarm.addresses.items() if n != victim}
-        down, (_, replacement) = self.timers.node_down(), self.restored(hit)
-        prober = Prober(self, survivors, lost) if not self.swarm.missing_capability("ipvs") else None
-        with self._recorder(lost, limit=4 * (down.seconds + replacement.seconds)).recording():
-            started = time.monotonic()
-            if prober is not None:
-                prober.start()
-            try:
-                self.provider.stop_node(victim)
-                self.happened(lost, f"{victim} killed (its replicated tasks: {_counts(hit)})")
-                to_down = self.node_is(victim, lambda n: n.state == "down")
-                if self.measure(lost, "to Down", to_down, down, started) is not None:
-                    self.measure(
-                        lost,
-                        "to replicas restored",
-                        self.whole_without({victim}),
-                        down + replacement,
-                        started,
-                    )
-                lost.problems += [f"after {victim} was lost: {m}" for m in self.misplaced()]
-                _, _, pinned = self.whole({victim})
-                for name in pinned:
-                    lost.notes.append(
-                        f"{PURPOSE}: {name} can run only on {victim} ({self.services()[name].constraints}): "
-                        f"pending while {victim} was down, as swarm promises"
-                    )
-            finally:
+        with self.scenario("worker lost") as lost:
+            victim = self.busiest_worker(replicated_only=True)
+            hit = self.tasks_on(victim, replicated_only=True)
+            survivors = {n: a for n, a in self.swarm.addresses.items() if n != victim}
+            down, (_, replacement) = self.timers.node_down(), self.restored(hit)
+            prober = Prober(self, survivors, lost) if not self.swarm.missing_capability("ipvs") else None
+            with self._recorder(lost, limit=4 * (down.seconds + replacement.seconds)).recording():
+                started = time.monotonic()
                 if prober is not None:
-                    prober.stop()
-        self._done(lost)
+                    prober.start()
+                try:
+                    self.provider.stop_node(victim)
+                    self.happened(lost, f"{victim} killed (its replicated tasks: {_counts(hit)})")
+                    to_down = self.node_is(victim, lambda n: n.state == "down")
+                    if self.measure(lost, "to Down", to_down, down, started) is not None:
+                        self.measure(
+                            lost,
+                            "to replicas restored",
+                            self.whole_without({victim}),
+                            down + replacement,
+                            started,
+                        )
+                    lost.problems += [f"after {victim} was lost: {m}" for m in self.misplaced()]
+                    _, _, pinned = self.whole({victim})
+                    for name in pinned:
+                        lost.notes.append(
+                            f"{PURPOSE}: {name} can run only on {victim} "
+                            f"({self.services()[name].constraints}): pending while {victim} was down, "
+                            "as swarm promises"
+                        )
+                finally:
+                    if prober is not None:
+                        prober.stop()
         self.node_back(victim)
 
     def node_back(self, victim: str) -> None:
-        back = self._begin("node back")
-        before = {name: {t.id for t in s.running_tasks()} for name, s in self.services().items()}
-        replicated = self.replicated()
-        settle = resilience.Deadline(self.timers.heartbeat + resilience.HEARTBEAT_JITTER, "one heartbeat")
-        found: set[str] = set()
+        with self.scenario("node back") as back:
+            before = {name: {t.id for t in s.running_tasks()} for name, s in self.services().items()}
+            replicated = self.replicated()
+            settle = resilience.Deadline(self.timers.heartbeat + resilience.HEARTBEAT_JITTER, "one heartbeat")
+            found: set[str] = set()
 
-        def new_replicas() -> str:
-            for name, service in self.services().items():
-                if name in replicated:
-                    found.update(
-                        f"{name} {t.id[:12]}" for t in service.running_tasks() if t.id not in before[name]
+            def new_replicas() -> str:
+                for name, service in self.services().items():
+                    if name in replicated:
+                        found.update(
+                            f"{name} {t.id[:12]}" for t in service.running_tasks() if t.id not in before[name]
+                        )
+                return ", ".join(sorted(found))
+
+            with self._recorder(back, limit=self.settings.timeout + 60).recording():
+                started = time.monotonic()
+                self.provider.start_node(victim)
+                self.happened(back, f"{victim} started again")
+                node_start = resilience.Deadline(
+                    self.settings.timeout, f"--swarm-timeout {self.settings.timeout:g} s"
+                )
+                ready = self.measure(
+                    back, "to Ready", self.node_is(victim, lambda n: n.ready), node_start, started
+                )
+                if ready is not None:
+                    self.measure(
+                        back,
+                        "to global tasks back",
+                        self.globals_on(victim),
+                        self.global_deadline(victim),
+                        started,
                     )
-            return ", ".join(sorted(found))
-
-        with self._recorder(back, limit=self.settings.timeout + 60).recording():
-            started = time.monotonic()
-            self.provider.start_node(victim)
-            self.happened(back, f"{victim} started again")
-            node_start = resilience.Deadline(
-                self.settings.timeout, f"--swarm-timeout {self.settings.timeout:g} s"
-            )
-            ready = self.measure(
-                back, "to Ready", self.node_is(victim, lambda n: n.ready), node_start, started
-            )
-            if ready is not None:
-                self.measure(
-                    back,
-                    "to global tasks back",
-                    self.globals_on(victim),
-                    self.global_deadline(victim),
-                    started,
-                )
-                # a move back would show at once: a Ready node is handed its tasks as its session starts
-                moved = self.watch(f"replicas started anew after {victim} came back", new_replicas, settle)
-                back.figures.append(
-                    resilience.Figure("node back", "replicas moved back", len(found), "tasks")
-                )
-                if moved:
-                    back.problems.append(moved)
-        self._done(back)
+                    # a move back would show at once: a Ready node is handed its tasks as its session starts
+                    moved = self.watch(
+                        f"replicas started anew after {victim} came back", new_replicas, settle
+                    )
+                    back.figures.append(
+                        resilience.Figure("node back", "replicas moved back", len(found), "tasks")
+                    )
+                    if moved:
+                        back.problems.append(moved)
 
     # -- 3: drain and active ---------------------------------------------------------------------------
     def set_availability(self, node: str, availability: str) -> None:
@@ -526,41 +538,46 @@ class Disruptions:
         )
 
     def drain(self) -> None:
-        seen = self._begin("drain")
-        target = self.busiest_worker(replicated_only=False)
-        hit = self.tasks_on(target)
-        _, replacement = self.restored(hit, drained=True)
-        stops = resilience.longest(
-            (
-                name,
-                resilience.Deadline(
-                    declared.stop_grace_period(self.stack.declared(name)), "stop_grace_period"
-                ),
-            )
-            for name, count in hit.items()
-            if count
-        )[1]
-        empty_deadline = stops + resilience.Deadline(resilience.SLACK, f"{resilience.SLACK:g} s")
-        with self._recorder(seen, limit=4 * replacement.seconds + self.settings.timeout).recording():
-            started = time.monotonic()
-            self.set_availability(target, "drain")
-            self.happened(seen, f"{target} drained (its tasks: {_counts(hit)})")
-            try:
-                self.measure(
-                    seen, "to no task on the node", self._no_task_on(target), empty_deadline, started
+        with self.scenario("drain") as seen:
+            target = self.busiest_worker(replicated_only=False)
+            hit = self.tasks_on(target)
+            _, replacement = self.restored(hit, drained=True)
+            stops = resilience.longest(
+                (
+                    name,
+                    resilience.Deadline(
+                        declared.stop_grace_period(self.stack.declared(name)), "stop_grace_period"
+                    ),
                 )
-                self.measure(seen, "to replicas restored", self.whole_without({target}), replacement, started)
-            finally:
-                self.restore(partial(self.set_availability, target, "active"))
-                self.happened(seen, f"{target} active again")
-            back = time.monotonic()
-            self.measure(
-                seen, "active: global tasks back", self.globals_on(target), self.global_deadline(target), back
-            )
-            done, state, _ = self.whole(set())
-            if not done:
-                seen.problems.append(f"after {target} was active again: {state}")
-        self._done(seen)
+                for name, count in hit.items()
+                if count
+            )[1]
+            empty_deadline = stops + resilience.Deadline(resilience.SLACK, f"{resilience.SLACK:g} s")
+            with self._recorder(seen, limit=4 * replacement.seconds + self.settings.timeout).recording():
+                started = time.monotonic()
+                self.set_availability(target, "drain")
+                self.happened(seen, f"{target} drained (its tasks: {_counts(hit)})")
+                try:
+                    self.measure(
+                        seen, "to no task on the node", self._no_task_on(target), empty_deadline, started
+                    )
+                    self.measure(
+                        seen, "to replicas restored", self.whole_without({target}), replacement, started
+                    )
+                finally:
+                    self.restore(partial(self.set_availability, target, "active"))
+                    self.happened(seen, f"{target} active again")
+                back = time.monotonic()
+                self.measure(
+                    seen,
+                    "active: global tasks back",
+                    self.globals_on(target),
+                    self.global_deadline(target),
+                    back,
+                )
+                done, state, _ = self.whole(set())
+                if not done:
+                    seen.problems.append(f"after {target} was active again: {state}")
 
     def _no_task_on(self, node: str) -> Callable[[], Poll[None]]:
         """No task runs on ``node``, as its agent reports (swarm wanting it stopped is not enough)."""
@@ -578,48 +595,47 @@ class Disruptions:
 
     # -- 4: a partition ---------------------------------------------------------------------------------
     def partition(self) -> None:
-        seen = self._begin("partition")
-        target = self.busiest_worker(replicated_only=True)
-        hit = self.tasks_on(target, replicated_only=True)
-        down, (_, replacement), rejoin = self.timers.node_down(), self.restored(hit), self.timers.rejoin()
-        grace = resilience.longest(
-            (
-                name,
-                resilience.Deadline(
-                    declared.stop_grace_period(self.stack.declared(name)), "stop_grace_period"
-                ),
-            )
-            for name in hit
-        )[1]
-        limit = 4 * (down.seconds + replacement.seconds + rejoin.seconds + grace.seconds)
-        with self._recorder(seen, limit=limit).recording():
-            started = time.monotonic()
-            peers = disruption.partition(self.provider, self.swarm, target)
-            self.happened(seen, f"{target} cut off from {peers} (its tasks: {_counts(hit)})")
-            try:
-                to_down = self.node_is(target, lambda n: n.state == "down")
-                if self.measure(seen, "to Down", to_down, down, started) is not None:
+        with self.scenario("partition") as seen:
+            target = self.busiest_worker(replicated_only=True)
+            hit = self.tasks_on(target, replicated_only=True)
+            down, (_, replacement), rejoin = self.timers.node_down(), self.restored(hit), self.timers.rejoin()
+            grace = resilience.longest(
+                (
+                    name,
+                    resilience.Deadline(
+                        declared.stop_grace_period(self.stack.declared(name)), "stop_grace_period"
+                    ),
+                )
+                for name in hit
+            )[1]
+            limit = 4 * (down.seconds + replacement.seconds + rejoin.seconds + grace.seconds)
+            with self._recorder(seen, limit=limit).recording():
+                started = time.monotonic()
+                peers = disruption.partition(self.provider, self.swarm, target)
+                self.happened(seen, f"{target} cut off from {peers} (its tasks: {_counts(hit)})")
+                try:
+                    to_down = self.node_is(target, lambda n: n.state == "down")
+                    if self.measure(seen, "to Down", to_down, down, started) is not None:
+                        self.measure(
+                            seen,
+                            "to replicas restored",
+                            self.whole_without({target}),
+                            down + replacement,
+                            started,
+                        )
+                finally:
+                    disruption.heal(self.provider, target)
+                    healed = time.monotonic()
+                    self.happened(seen, f"{target} healed")
+                to_ready = self.node_is(target, lambda n: n.ready)
+                if self.measure(seen, "healed: to Ready", to_ready, rejoin, healed) is not None:
                     self.measure(
                         seen,
-                        "to replicas restored",
-                        self.whole_without({target}),
-                        down + replacement,
-                        started,
+                        "healed: to replaced tasks stopped",
+                        self._stale_gone(target),
+                        rejoin + grace,
+                        healed,
                     )
-            finally:
-                disruption.heal(self.provider, target)
-                healed = time.monotonic()
-                self.happened(seen, f"{target} healed")
-            to_ready = self.node_is(target, lambda n: n.ready)
-            if self.measure(seen, "healed: to Ready", to_ready, rejoin, healed) is not None:
-                self.measure(
-                    seen,
-                    "healed: to replaced tasks stopped",
-                    self._stale_gone(target),
-                    rejoin + grace,
-                    healed,
-                )
-        self._done(seen)
 
     def _stale_gone(self, node: str) -> Callable[[], Poll[None]]:
         """The node runs no container of a task swarm no longer wants running."""
@@ -661,103 +677,102 @@ class Disruptions:
         return disruption.running_containers(workers, self.stack.name)
 
     def leader_lost(self) -> None:
-        seen = self._begin("leader lost")
-        leader = self.managers.leader()
-        before = self._workers_containers()
-        election = self.timers.new_leader()
-        _, replacement = self.restored(self.tasks_on(leader, replicated_only=True))
-        limit = 4 * (election.seconds + self.timers.node_down().seconds + replacement.seconds)
-        with self._recorder(seen, limit=limit + self.settings.timeout).recording():
-            started = time.monotonic()
-            self.provider.stop_node(leader)
-            self.happened(seen, f"{leader} (leader) killed")
-            try:
+        with self.scenario("leader lost") as seen:
+            leader = self.managers.leader()
+            before = self._workers_containers()
+            election = self.timers.new_leader()
+            _, replacement = self.restored(self.tasks_on(leader, replicated_only=True))
+            limit = 4 * (election.seconds + self.timers.node_down().seconds + replacement.seconds)
+            with self._recorder(seen, limit=limit + self.settings.timeout).recording():
+                started = time.monotonic()
+                self.provider.stop_node(leader)
+                self.happened(seen, f"{leader} (leader) killed")
+                try:
 
-                def elected() -> Poll[None]:
-                    now = self.managers.leader(exclude=[leader])
-                    return Poll(bool(now) and now != leader, f"leader seen: {now or 'none'}")
+                    def elected() -> Poll[None]:
+                        now = self.managers.leader(exclude=[leader])
+                        return Poll(bool(now) and now != leader, f"leader seen: {now or 'none'}")
 
-                if self.measure(seen, "to new leader", elected, election, started) is not None:
-                    seen.notes.append(
-                        f"{PURPOSE}: leader lost: {leader} killed, {self.managers.leader([leader])} elected"
-                    )
-                    # the new leader hears nothing from the old one, marks it Down and replaces its tasks
-                    restored = election + self.timers.node_down() + replacement
-                    self.measure(
-                        seen, "to replicas restored", self.whole_without({leader}), restored, started
-                    )
-                    for name in self.whole({leader})[2]:
+                    if self.measure(seen, "to new leader", elected, election, started) is not None:
                         seen.notes.append(
-                            f"{PURPOSE}: {name} can run only on {leader}: pending while it was down"
+                            f"{PURPOSE}: leader lost: {leader} killed, "
+                            f"{self.managers.leader([leader])} elected"
                         )
-                    after = self._workers_containers()
-                    stopped = sorted(c[:12] for c in before if c not in after)
-                    if stopped:
-                        seen.problems.append(
-                            f"task containers stopped on the workers when {leader} was lost: {stopped}"
+                        # the new leader hears nothing from the old one, marks it Down and replaces its tasks
+                        restored = election + self.timers.node_down() + replacement
+                        self.measure(
+                            seen, "to replicas restored", self.whole_without({leader}), restored, started
                         )
-            finally:
-                self.restore(partial(self.provider.start_node, leader))
-                self.happened(seen, f"{leader} started again")
-        self._done(seen)
+                        for name in self.whole({leader})[2]:
+                            seen.notes.append(
+                                f"{PURPOSE}: {name} can run only on {leader}: pending while it was down"
+                            )
+                        after = self._workers_containers()
+                        stopped = sorted(c[:12] for c in before if c not in after)
+                        if stopped:
+                            seen.problems.append(
+                                f"task containers stopped on the workers when {leader} was lost: {stopped}"
+                            )
+                finally:
+                    self.restore(partial(self.provider.start_node, leader))
+                    self.happened(seen, f"{leader} started again")
 
     def quorum_lost(self) -> None:
-        seen = self._begin("quorum lost")
-        names = list(self.managers.names)
-        quorum = len(names) // 2 + 1
-        leader = self.managers.leader()
-        lost = [leader, *[n for n in names if n != leader][: len(names) - quorum]]
-        survivor = next(n for n in names if n not in lost)
-        before = self._workers_containers()
-        election, watch = self.timers.new_leader(), self.timers.observation()
-        refusal: list[str] = []
-        own = self.swarm.engines[survivor].api.inspect_node(survivor)  # the change it will be asked
-        found: set[str] = set()
+        with self.scenario("quorum lost") as seen:
+            names = list(self.managers.names)
+            quorum = len(names) // 2 + 1
+            leader = self.managers.leader()
+            lost = [leader, *[n for n in names if n != leader][: len(names) - quorum]]
+            survivor = next(n for n in names if n not in lost)
+            before = self._workers_containers()
+            election, watch = self.timers.new_leader(), self.timers.observation()
+            refusal: list[str] = []
+            own = self.swarm.engines[survivor].api.inspect_node(survivor)  # the change it will be asked
+            found: set[str] = set()
 
-        def gone() -> str:
-            after = self._workers_containers()
-            found.update(c[:12] for c in before if c not in after)
-            return ", ".join(sorted(found))
+            def gone() -> str:
+                after = self._workers_containers()
+                found.update(c[:12] for c in before if c not in after)
+                return ", ".join(sorted(found))
 
-        with self._recorder(
-            seen, limit=4 * (election.seconds + watch.seconds) + self.settings.timeout
-        ).recording():
-            started = time.monotonic()
-            stopping = Together({n: partial(self.provider.stop_node, n) for n in lost}, name="stop")
-            stopping.close()
-            self.happened(seen, f"{', '.join(lost)} killed ({survivor} left of {len(names)})")
-            try:
-                refused = self._refuses(survivor, own, refusal)
-                if self.measure(seen, "to changes refused", refused, election, started) is not None:
-                    seen.notes.append(
-                        f"{PURPOSE}: quorum lost: {', '.join(lost)} killed; {survivor} refused a change: "
-                        f"{refusal[-1] if refusal else '?'}"
-                    )
-                    # as long as a manager would wait before it acted on a node it no longer hears
-                    stopped = self.watch(
-                        "without quorum, task containers stopped on the workers", gone, watch
-                    )
-                    kept = len(before) - len(found)
-                    seen.figures.append(
-                        resilience.Figure(
-                            "quorum lost",
-                            "task containers kept running",
-                            kept,
-                            "containers",
-                            note=f"of {len(before)}",
+            with self._recorder(
+                seen, limit=4 * (election.seconds + watch.seconds) + self.settings.timeout
+            ).recording():
+                started = time.monotonic()
+                stopping = Together({n: partial(self.provider.stop_node, n) for n in lost}, name="stop")
+                stopping.close()
+                self.happened(seen, f"{', '.join(lost)} killed ({survivor} left of {len(names)})")
+                try:
+                    refused = self._refuses(survivor, own, refusal)
+                    if self.measure(seen, "to changes refused", refused, election, started) is not None:
+                        seen.notes.append(
+                            f"{PURPOSE}: quorum lost: {', '.join(lost)} killed; {survivor} refused a change: "
+                            f"{refusal[-1] if refusal else '?'}"
                         )
-                    )
-                    if stopped:
-                        seen.problems.append(stopped)
-            finally:
-                back = time.monotonic()
-                self.restore(partial(self._start_all, lost))
-            quorum_back = (
-                resilience.Deadline(self.settings.timeout, f"--swarm-timeout {self.settings.timeout:g} s")
-                + election
-            )
-            self.measure(seen, "restarted: to a leader", self._has_leader(), quorum_back, back)
-        self._done(seen)
+                        # as long as a manager would wait before it acted on a node it no longer hears
+                        stopped = self.watch(
+                            "without quorum, task containers stopped on the workers", gone, watch
+                        )
+                        kept = len(before) - len(found)
+                        seen.figures.append(
+                            resilience.Figure(
+                                "quorum lost",
+                                "task containers kept running",
+                                kept,
+                                "containers",
+                                note=f"of {len(before)}",
+                            )
+                        )
+                        if stopped:
+                            seen.problems.append(stopped)
+                finally:
+                    back = time.monotonic()
+                    self.restore(partial(self._start_all, lost))
+                quorum_back = (
+                    resilience.Deadline(self.settings.timeout, f"--swarm-timeout {self.settings.timeout:g} s")
+                    + election
+                )
+                self.measure(seen, "restarted: to a leader", self._has_leader(), quorum_back, back)
 
     def _start_all(self, names: list[str]) -> None:
         """Start the nodes at once: each start waits for every node to be Ready."""
