@@ -15,7 +15,11 @@ Where the deadlines come from (swarmkit, the orchestration inside every engine):
   first waits for the old task to stop, up to its ``stop_grace_period``), and a task with a
   healthcheck counts as running once its first check passed (``interval`` after its start);
 - a raft election starts when a follower has heard nothing for ``ElectionTick`` ticks (the spec's
-  ``Raft.ElectionTick``, 10) of one second, randomised up to twice that;
+  ``Raft.ElectionTick``, 10) of one second, randomised up to twice that; two managers whose
+  timers fire in the same tick split the vote and wait again (with ticks of one second, about
+  one election in ten), so a leader is awaited over three such rounds;
+- a manager that has had no leader for 10 ticks (swarmkit's ``lostQuorumTimeout``) refuses a
+  change at once; until then it holds the call, waiting for a leader;
 - a worker cut off retries its session with a backoff of at most 8 s, and gRPC gives one
   connection attempt 20 s.
 """
@@ -36,6 +40,8 @@ HEARTBEAT_JITTER = 0.5  # swarmkit's defaultHeartBeatEpsilon, seconds
 DEFAULT_HEARTBEAT = 5.0  # swarmkit's DefaultHeartBeatPeriod, when the spec has none
 DEFAULT_ELECTION_TICK = 10
 RAFT_TICK = 1.0  # seconds per raft tick in swarmkit's managers
+ELECTION_ROUNDS = 3  # a split vote is followed by another round; two in a row are rare (~1%)
+LOST_QUORUM_TICKS = 10  # swarmkit's lostQuorumTimeout: ticks without a leader before changes are refused
 AGENT_MAX_BACKOFF = 8.0  # swarmkit agent's maxSessionFailureBackoff
 GRPC_CONNECT = 20.0  # gRPC's minimum connect timeout: one attempt at the manager
 DEFAULT_RESTART_DELAY = 5.0  # swarm's restart_policy.delay when none is declared
@@ -97,9 +103,25 @@ class SwarmTimers:
         )
 
     def new_leader(self) -> Deadline:
-        """From the leader's loss until another manager is leader."""
-        seconds = 2 * self.election_tick * RAFT_TICK + SLACK
-        return Deadline(seconds, f"2 x election tick {self.election_tick} x {RAFT_TICK:g} s + {SLACK:g} s")
+        """From the leader's loss until another manager is leader: up to three election rounds
+        (a split vote starts another), each at most twice the election tick."""
+        seconds = ELECTION_ROUNDS * 2 * self.election_tick * RAFT_TICK + SLACK
+        return Deadline(
+            seconds,
+            f"{ELECTION_ROUNDS} rounds x 2 x election tick {self.election_tick} x {RAFT_TICK:g} s "
+            f"+ {SLACK:g} s",
+        )
+
+    def changes_refused(self) -> Deadline:
+        """From the loss of a majority of managers until a survivor refuses a change: its
+        election timer fires (at most twice the election tick), then it has no leader for
+        swarmkit's lostQuorumTimeout ticks."""
+        seconds = (2 * self.election_tick + LOST_QUORUM_TICKS) * RAFT_TICK + SLACK
+        return Deadline(
+            seconds,
+            f"2 x election tick {self.election_tick} x {RAFT_TICK:g} s + {LOST_QUORUM_TICKS} ticks "
+            f"without a leader + {SLACK:g} s",
+        )
 
     def rejoin(self) -> Deadline:
         """From the end of a partition until the node is Ready again."""

@@ -725,7 +725,7 @@ class Disruptions:
             lost = [leader, *[n for n in names if n != leader][: len(names) - quorum]]
             survivor = next(n for n in names if n not in lost)
             before = self._workers_containers()
-            election, watch = self.timers.new_leader(), self.timers.observation()
+            election, watch = self.timers.changes_refused(), self.timers.observation()
             refusal: list[str] = []
             own = self.swarm.engines[survivor].api.inspect_node(survivor)  # the change it will be asked
             found: set[str] = set()
@@ -770,7 +770,7 @@ class Disruptions:
                     self.restore(partial(self._start_all, lost))
                 quorum_back = (
                     resilience.Deadline(self.settings.timeout, f"--swarm-timeout {self.settings.timeout:g} s")
-                    + election
+                    + self.timers.new_leader()
                 )
                 self.measure(seen, "restarted: to a leader", self._has_leader(), quorum_back, back)
 
