@@ -37,6 +37,7 @@ from .lifecycle import SwarmLifecycle, lifecycle_of
 from .placement import NodeFacts, eligible, satisfies
 from .providers.base import Provider
 from .requirements import Profile, Requirement, load_profile
+from .resilience_scenarios import Disruptions
 from .rules import Declared
 from .settings import Settings
 from .stack import DeployedStack, StackSource, load_env, port_clashes, published_ports, render
@@ -62,6 +63,7 @@ __all__ = [
     "ConvergenceTimeout",
     "Declared",
     "DeployedStack",
+    "Disruptions",
     "ImageBuildError",
     "Node",
     "NodeFacts",

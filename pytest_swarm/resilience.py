@@ -285,6 +285,23 @@ class Timeline:
         return "\n".join(f"{t:7.1f} s  {what}" for t, what in sorted(self.events, key=lambda e: e[0]))
 
 
+@dataclass
+class Seen:
+    """What one scenario showed: its figures, the promises it saw broken, notes for the report
+    and the evidence (node states over time, the tasks' moves)."""
+
+    scenario: str
+    timeline: Timeline
+    origin: float  # POSIX time the scenario began: the tasks' moves are shown from there
+    figures: list[Figure] = field(default_factory=list)
+    problems: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    moves: list[str] = field(default_factory=list)
+    # "survivor:port" -> (seconds from the start, answered) of each request while a worker was lost
+    answers: dict[str, list[tuple[float, bool]]] | None = None
+    end: float = 0.0  # seconds from the scenario's start when the answers were last looked at
+
+
 def node_state(node: Mapping[str, Any]) -> str:
     """``ready/active``, ``down/drain``, ``ready/active leader``, ``ready/active unreachable``."""
     status = (node.get("Status") or {}).get("State", "?")
