@@ -6,6 +6,7 @@ The numbers these are judged by come from ``resilience.py``.
 
 from __future__ import annotations
 
+import math
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -33,6 +34,9 @@ from .stack import DeployedStack
 
 Sleep = Callable[[float], None]
 T = TypeVar("T")
+# How long a manager whose leader is gone holds a call before it answers "context deadline
+# exceeded" (moby's swarmRequestTimeout; seen on engine 20.10).
+HELD_CALL = 20.0
 
 
 class IsolatedCluster:
@@ -151,8 +155,8 @@ class Answer(Generic[T]):
 
 class Asking(Generic[T]):
     """One question asked again and again of an engine that may hold a call long: a manager
-    whose leader is gone holds a call until its own request deadline (20 s, seen on engine
-    20.10), so a look must not wait for it. A new call goes out once the newest pending one is
+    whose leader is gone holds a call until its own request deadline (HELD_CALL), so a look
+    must not wait for it. A new call goes out once the newest pending one is
     ``every`` seconds old (at most ``most`` pending); a look waits at most ``wait`` seconds and
     returns the answer of the newest call that ended, or None when none did."""
 
@@ -191,11 +195,19 @@ class Managers:
         self.answer_within = answer_within
         self.last_error = ""
         self.pool = ThreadPoolExecutor(max_workers=8 * (len(self.names) + 1), thread_name_prefix="swarm-ask")
+        self._pools = [self.pool]
         self._asking: dict[str, Asking[list[dict[str, Any]]]] = {}
 
-    def asking(self, call: Callable[[], T]) -> Asking[T]:
-        """Ask ``call`` again and again without waiting for a call held long (see Asking)."""
-        return Asking(call, self.pool)
+    def asking(self, call: Callable[[], T], every: float = 1.0) -> Asking[T]:
+        """Ask ``call`` every ``every`` seconds however long the manager holds each (see Asking).
+        What it answers may change while earlier calls are held (a manager refuses a change
+        only once it has had no leader for a while; a call asked before that is held
+        HELD_CALL seconds), so as many calls as a held one lasts may be pending, in threads of
+        their own: a new call always goes out, and its answer is seen as soon as it comes."""
+        most = math.ceil(HELD_CALL / every) + 1
+        pool = ThreadPoolExecutor(max_workers=most, thread_name_prefix="swarm-ask-held")
+        self._pools.append(pool)
+        return Asking(call, pool, every=every, most=most)
 
     def _answer(self, exclude: Sequence[str]) -> tuple[docker.DockerClient, list[dict[str, Any]]]:
         for name in (n for n in self.names if n not in exclude):
@@ -229,7 +241,8 @@ class Managers:
 
     def close(self) -> None:
         """Stop asking (a call still held ends by the engine's own deadline)."""
-        self.pool.shutdown(wait=False, cancel_futures=True)
+        for pool in self._pools:
+            pool.shutdown(wait=False, cancel_futures=True)
 
 
 def _explained(exc: BaseException) -> str:

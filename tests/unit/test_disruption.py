@@ -172,3 +172,28 @@ def test_asking_again_gets_past_a_call_the_engine_holds() -> None:
     finally:
         release.set()
         pool.shutdown(wait=True)
+
+
+def test_a_question_is_asked_anew_while_earlier_calls_are_held(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A manager holds every call asked before it would refuse (HELD_CALL long), then refuses at
+    once: the refusal is seen as soon as it is possible, not when a held call frees a place."""
+    monkeypatch.setattr(disruption, "HELD_CALL", 2.0)
+    started = time.monotonic()
+    refuses_from = started + 0.5
+
+    def call() -> str:
+        if time.monotonic() < refuses_from:
+            time.sleep(disruption.HELD_CALL)
+            raise RuntimeError("context deadline exceeded")
+        return "refused"
+
+    managers = disruption.Managers(SimpleNamespace(nodes=lambda: [], engines={}))  # type: ignore[arg-type]
+    try:
+        asking = managers.asking(call, every=0.05)
+        seen = None
+        while (seen is None or seen.value != "refused") and time.monotonic() - started < 5:
+            seen = asking.look(wait=0.05)
+        assert seen is not None and seen.value == "refused"
+        assert time.monotonic() - refuses_from < 1.0, "the refusal waited for a held call to end"
+    finally:
+        managers.close()
