@@ -51,6 +51,10 @@ TASK_START = 20.0
 # What a poll adds to any measured time: the poll interval, the dispatcher's 100 ms batches, a
 # busy machine's scheduling.
 SLACK = 2.0
+# libnetwork's bulk-sync timeout: an engine before 29.6 that joins two overlay networks at once
+# (a restarted node joins ingress while its global tasks join theirs) may wait it out
+# (docs/engine-overlay-join-stall.md, network_join.py).
+BULK_SYNC_TIMEOUT = 30.0
 # Chain the partition's rules live in, inside the node's own network namespace.
 PARTITION_CHAIN = "PSWARM-PARTITION"
 # The ports of swarm's traffic between nodes: cluster management, gossip, overlay data (VXLAN).
@@ -156,6 +160,13 @@ def replacement(
     if health is not None:
         deadline += Deadline(health.interval, f"first healthcheck {health.interval:g} s")
     return deadline
+
+
+def overlay_join_stall() -> Deadline:
+    """What a node's overlay join may add on an engine that stalls on two joins at once."""
+    return Deadline(
+        BULK_SYNC_TIMEOUT, f"an overlay join's bulk-sync timeout {BULK_SYNC_TIMEOUT:g} s (engine < 29.6)"
+    )
 
 
 def longest(deadlines: Iterable[tuple[str, Deadline]]) -> tuple[str, Deadline]:

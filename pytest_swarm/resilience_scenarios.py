@@ -131,12 +131,14 @@ class Disruptions(ScenarioRunner):
                     back, "to Ready", self.view.node_is(victim, lambda n: n.ready), node_start, started
                 )
                 if ready is not None:
+                    # its global tasks can start only once it is Ready (a node that boots slowly,
+                    # as a UML kernel does, is not late with them): measured from then
                     self.measure(
                         back,
-                        "to global tasks back",
+                        "Ready: to global tasks back",
                         self.view.globals_on(victim),
-                        self.view.global_deadline(victim),
-                        started,
+                        self.view.global_deadline(victim, restarted=True),
+                        started + ready,
                     )
                     # a move back would show at once: a Ready node is handed its tasks as its session starts
                     moved = self.watch(

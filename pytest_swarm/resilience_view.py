@@ -16,6 +16,7 @@ import docker.errors
 
 from . import declared, disruption, resilience
 from .cluster import STACK_LABEL, Cluster, Node, Service
+from .network_join import stalls_on_parallel_joins
 from .placement import eligible
 from .stack import DeployedStack
 from .waiting import Poll
@@ -193,12 +194,18 @@ class StackView:
             if count and name in self.replicated()
         )
 
-    def global_deadline(self, node: str) -> resilience.Deadline:
-        """The longest start of the global services that may run on ``node``."""
+    def global_deadline(self, node: str, restarted: bool = False) -> resilience.Deadline:
+        """The longest start of the global services that may run on ``node``; on a node whose
+        engine just ``restarted``, with the stall its overlay joins may wait out."""
         target = self.nodes()[node]
         services = self.services()
-        return resilience.longest(
+        deadline = resilience.longest(
             (name, resilience.replacement(self.stack.declared(name), self.health[name]))
             for name in self.globals()
             if eligible([target.facts()], services[name].constraints)
         )[1]
+        # a restarted engine joins ingress while its global tasks join their networks: two joins
+        # at once, which engines before 29.6 may stall on (seen: the task running 31 s after)
+        if restarted and stalls_on_parallel_joins([target.engine_version]):
+            deadline += resilience.overlay_join_stall()
+        return deadline

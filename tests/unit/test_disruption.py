@@ -13,8 +13,10 @@ from typing import Any
 import pytest
 
 from pytest_swarm import disruption, evidence, resilience
+from pytest_swarm.cluster import Node
 from pytest_swarm.errors import SwarmError
 from pytest_swarm.providers import base
+from pytest_swarm.resilience_view import StackView
 from pytest_swarm.settings import resolve
 
 
@@ -197,3 +199,33 @@ def test_a_question_is_asked_anew_while_earlier_calls_are_held(monkeypatch: pyte
         assert time.monotonic() - refuses_from < 1.0, "the refusal waited for a held call to end"
     finally:
         managers.close()
+
+
+def test_a_restarted_nodes_global_tasks_may_wait_out_an_overlay_join_stall_on_old_engines() -> None:
+    """Engines before 29.6 may stall a restarted node's overlay joins for libnetwork's bulk-sync
+    timeout: that node's global tasks get it on top; a newer engine, or a node that only went
+    active again, does not."""
+
+    def node(nid: str, name: str, version: str) -> dict[str, Any]:
+        return {
+            **raw_node(nid, name, "ready"),
+            "Description": {"Hostname": name, "Engine": {"EngineVersion": version}},
+        }
+
+    api = SimpleNamespace(services=lambda **_: [{"ID": "s1", "Spec": {"Name": "DEV_exporter"}}])
+    managers = SimpleNamespace(
+        nodes=lambda: [
+            Node(node("n1", "worker-1", "20.10.24+dfsg1")),
+            Node(node("n2", "worker-2", "29.6.0")),
+        ],
+        client=lambda: SimpleNamespace(api=api),
+    )
+    models = {"exporter": {"image": "exporter:1", "deploy": {"mode": "global"}}}
+    stack = SimpleNamespace(name="DEV", declared_services=list(models), declared=models.__getitem__)
+    images = SimpleNamespace(get=lambda ref: SimpleNamespace(attrs={"Config": {}}))
+    view = StackView(SimpleNamespace(client=SimpleNamespace(images=images)), stack, managers)  # type: ignore[arg-type]
+
+    start = resilience.replacement(models["exporter"], None).seconds
+    assert view.global_deadline("worker-1").seconds == start
+    assert view.global_deadline("worker-1", restarted=True).seconds == start + resilience.BULK_SYNC_TIMEOUT
+    assert view.global_deadline("worker-2", restarted=True).seconds == start
