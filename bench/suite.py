@@ -1,6 +1,7 @@
 """Benchmark: the acceptance suite as a user runs it, provisioning included, and its time split.
 
     python bench/suite.py [--rounds 1] [--provider dind|uml] [--env dev] [--cold] [--xdist N]
+                          [--disruptive-cost]
 
 Each round runs the README's command for the provider in a fresh process (dind: every suite;
 uml: the suites that need IPVS), timed from outside, and reads the JUnit XML it wrote: every
@@ -12,6 +13,10 @@ exits 1 when a round failed its tests.
 ``--cold``: before each round, untag what a new user's machine lacks (the base image, the dind
 node image, the stack's images and their variants), so the round builds them all as a first run
 does (target: COLD_TARGET). ``--xdist N``: the command under ``pytest -n N`` (0: in one process).
+
+``--disruptive-cost``: each round runs the command twice, with the disruptive suite and with
+``-m "not disruptive"`` (which one first alternates by round), and prints what the disruptive
+suite added to the wall time (target: DISRUPTIVE_TARGET).
 """
 
 from __future__ import annotations
@@ -29,6 +34,7 @@ ROOT = Path(__file__).resolve().parent.parent
 TARGETS = {"dind": 240.0, "uml": 600.0}
 REST_TARGET = 0.5
 COLD_TARGET = 240.0  # a new user's first dind run, nothing cached
+DISRUPTIVE_TARGET = 90.0  # seconds the disruptive suite may add to the dind command's wall time
 UML_SELECTION = [
     "-m",
     "needs_routing_mesh or needs_vip",
@@ -37,12 +43,16 @@ UML_SELECTION = [
 ]
 
 
-def command(provider: str, env: str, junit: Path, xdist: int | None = None) -> list[str]:
+def command(
+    provider: str, env: str, junit: Path, xdist: int | None = None, without_disruptive: bool = False
+) -> list[str]:
     args = [sys.executable, "-m", "pytest", f"--swarm-env={env}", "acceptance/", f"--junitxml={junit}", "-q"]
     if xdist is not None:
         args += ["-n", str(xdist)]
     if provider == "uml":
         args += ["--swarm-provider=uml", *UML_SELECTION]
+    if without_disruptive:
+        args += ["-m", "not disruptive"]
     return args
 
 
@@ -100,7 +110,10 @@ def main() -> int:
     parser.add_argument("--env", default="dev")
     parser.add_argument("--cold", action="store_true", help="each round from nothing cached")
     parser.add_argument("--xdist", type=int, help="run under pytest -n N")
+    parser.add_argument("--disruptive-cost", action="store_true", help="each round with and without it")
     options = parser.parse_args()
+    if options.disruptive_cost:
+        return disruptive_cost(options.rounds, options.provider, options.env)
     walls, failed = [], False
     with tempfile.TemporaryDirectory(prefix="bench-suite-") as folder:
         for round_ in range(1, options.rounds + 1):
@@ -129,6 +142,35 @@ def main() -> int:
     median = statistics.median(walls)
     spread = f"{len(walls)} round(s), min {min(walls):.1f}, max {max(walls):.1f}"
     print(f"{options.provider} suite: median {median:.1f} s over {spread}")
+    return 1 if failed else 0
+
+
+def disruptive_cost(rounds: int, provider: str, env: str) -> int:
+    """Pairs of rounds, with and without the disruptive suite; what it added to the wall time."""
+    added, failed = [], False
+    with tempfile.TemporaryDirectory(prefix="bench-suite-") as folder:
+        for round_ in range(1, rounds + 1):
+            walls: dict[bool, float] = {}
+            for without in (False, True) if round_ % 2 else (True, False):
+                junit = Path(folder) / f"round-{round_}-{'without' if without else 'with'}.xml"
+                started = time.monotonic()
+                done = subprocess.run(
+                    command(provider, env, junit, without_disruptive=without), cwd=ROOT, check=False
+                )
+                walls[without] = time.monotonic() - started
+                failed |= done.returncode != 0
+                _, counts = splits(junit)
+                label = "without the disruptive suite" if without else "with it"
+                print(f"round {round_} {label}: {walls[without]:.1f} s, exit {done.returncode}, {counts}")
+            added.append(walls[False] - walls[True])
+            print(
+                f"round {round_}: the disruptive suite added {added[-1]:.1f} s "
+                f"(target <= {DISRUPTIVE_TARGET:g} s)"
+            )
+    print(
+        f"added: median {statistics.median(added):.1f} s over {len(added)} pair(s), "
+        f"each {[round(a, 1) for a in added]}"
+    )
     return 1 if failed else 0
 
 

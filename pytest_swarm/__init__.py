@@ -17,8 +17,8 @@ Example::
 
 from __future__ import annotations
 
-from . import compose, declared, mesh
-from .capabilities import FEATURES
+from . import compose, declared, disruption, mesh, resilience
+from .capabilities import FEATURES, judged_on
 from .cluster import STACK_LABEL, Cluster, Node, Service, Task, seconds
 from .commands import run_docker
 from .envfiles import shifted_env
@@ -31,12 +31,13 @@ from .errors import (
     StackError,
     SwarmError,
 )
-from .evidence import show_on_failure
+from .evidence import show_on_failure, show_text_on_failure
 from .images import variant_ref
 from .lifecycle import SwarmLifecycle, lifecycle_of
 from .placement import NodeFacts, eligible, satisfies
 from .providers.base import Provider
 from .requirements import Profile, Requirement, load_profile
+from .resilience_scenarios import Disruptions
 from .rules import Declared
 from .settings import Settings
 from .stack import DeployedStack, StackSource, load_env, port_clashes, published_ports, render
@@ -62,6 +63,7 @@ __all__ = [
     "ConvergenceTimeout",
     "Declared",
     "DeployedStack",
+    "Disruptions",
     "ImageBuildError",
     "Node",
     "NodeFacts",
@@ -81,8 +83,10 @@ __all__ = [
     "Together",
     "compose",
     "declared",
+    "disruption",
     "early_work_last",
     "eligible",
+    "judged_on",
     "lifecycle_of",
     "load_env",
     "load_profile",
@@ -91,12 +95,14 @@ __all__ = [
     "published_ports",
     "remove_all",
     "render",
+    "resilience",
     "run_docker",
     "satisfies",
     "seconds",
     "selected_params",
     "shifted_env",
     "show_on_failure",
+    "show_text_on_failure",
     "take_early",
     "variant_ref",
     "wait_early",

@@ -9,9 +9,13 @@ or the ip_vs module loaded). The probe asks the node itself, loading the module 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
+import pytest
 import testinfra
+
+if TYPE_CHECKING:
+    from .cluster import Cluster
 
 IPVS = "ipvs"
 # What each marker needs, and how a skip names it.
@@ -19,6 +23,8 @@ FEATURES = {
     "needs_routing_mesh": (IPVS, "IPVS (the ingress routing mesh balances through it)"),
     "needs_vip": (IPVS, "IPVS (VIP service discovery resolves through it)"),
 }
+# The cluster a test runs on when it is not the run's own (judged_on).
+TESTED_ON = pytest.StashKey["Cluster"]()
 IPVS_PROBE = "test -d /proc/sys/net/ipv4/vs || modprobe ip_vs 2>/dev/null; test -d /proc/sys/net/ipv4/vs"
 
 
@@ -33,6 +39,13 @@ def probe_capabilities(provider: _HasHosts, nodes: Sequence[str]) -> dict[str, d
         host = testinfra.get_host(provider.host_spec(node))
         found[node] = {IPVS: host.run(IPVS_PROBE).rc == 0}
     return found
+
+
+def judged_on(item: pytest.Item, cluster: Cluster) -> None:
+    """Say that ``item`` runs on ``cluster``, a cluster of its own: its needs_routing_mesh and
+    needs_vip markers are judged on that cluster's nodes, not on the run's (which then need not
+    come up at all). Call it from a function-scoped fixture of the test."""
+    item.stash[TESTED_ON] = cluster
 
 
 def skip_reason(marker: str, missing_nodes: Sequence[str], unprobed: Mapping[str, str] | None = None) -> str:

@@ -170,6 +170,15 @@ def update_config(service: Mapping[str, Any], key: str = "update_config") -> Upd
     )
 
 
+DEFAULT_STOP_GRACE = 10.0  # the engine's, when a service declares no stop_grace_period
+
+
+def stop_grace_period(service: Mapping[str, Any]) -> float:
+    """How long a task's container gets to stop before it is killed (``stop_grace_period``)."""
+    value = service.get("stop_grace_period")
+    return DEFAULT_STOP_GRACE if value is None else parse_duration(value)
+
+
 def replicas(service: Mapping[str, Any]) -> int | None:
     """Declared replicas of a replicated service (1 when unset); None for a global one."""
     section = deploy_section(service)

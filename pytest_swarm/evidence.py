@@ -6,7 +6,7 @@ lines of the services involved, as one text block.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import pytest
 
@@ -16,6 +16,7 @@ from .stack import DeployedStack
 
 LOG_LINES = 50
 DEPLOYED = pytest.StashKey[list[DeployedStack]]()
+TEXTS = pytest.StashKey[list[tuple[str, Callable[[], str]]]]()
 
 
 def show_on_failure(item: pytest.Item, stack: DeployedStack) -> None:
@@ -29,6 +30,31 @@ def show_on_failure(item: pytest.Item, stack: DeployedStack) -> None:
             show_on_failure(request.node, stack)
     """
     item.stash.setdefault(DEPLOYED, []).append(stack)
+
+
+def show_text_on_failure(item: pytest.Item, title: str, collect: Callable[[], str]) -> None:
+    """Add ``collect()``'s text to ``item``'s report, under ``title``, if the test fails (it is
+    called only then, once the test's call has ended).
+
+    Example::
+
+        def test_node_loss(request, own):
+            show_text_on_failure(request.node, "node states", timeline.render)
+    """
+    item.stash.setdefault(TEXTS, []).append((title, collect))
+
+
+def texts_of(item: pytest.Item) -> list[tuple[str, str]]:
+    """(title, text) of what ``show_text_on_failure`` registered on ``item``; a collector that
+    fails says so in its text instead of hiding the test's own failure."""
+    found = []
+    for title, collect in item.stash.get(TEXTS, []):
+        try:
+            text = collect()
+        except Exception as exc:  # evidence must never replace the failure it explains
+            text = f"(could not collect {title}: {type(exc).__name__}: {exc})"
+        found.append((title, text))
+    return found
 
 
 def stacks_used_by(item: pytest.Item) -> list[DeployedStack]:

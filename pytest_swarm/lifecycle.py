@@ -10,7 +10,7 @@ import contextlib
 import threading
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import docker
 import pytest
@@ -29,6 +29,10 @@ from .runs import RecordedRun, find_run
 from .settings import Settings
 from .stack import DeployedStack, StackSource, deploy, render
 from .timing import Timing
+
+if TYPE_CHECKING:
+    from .disruption import IsolatedCluster
+    from .resilience import Figure
 
 Progress = Callable[[str], None]
 LIFECYCLE = pytest.StashKey["SwarmLifecycle"]()
@@ -67,6 +71,7 @@ class SwarmLifecycle:
         """
         self.settings = settings
         self._on_first_use = on_first_use
+        self._first_used = False
         self._finished = False
         self.profile: Profile | None = load_profile(settings.requirements, settings.rootdir)
         self.progress = progress
@@ -79,6 +84,8 @@ class SwarmLifecycle:
         self.summary: list[str] = []
         self.timings: list[Timing] = []  # passed tests that declared waits, in the order they ran
         self.nodes_seen: list[Node] = []  # the cluster's nodes when it came up (for the report)
+        self.isolated: list[IsolatedCluster] = []  # clusters of their own (disruption.py), by age
+        self.figures: list[Figure] = []  # what the disruptive checks measured (for the report)
         self._local: docker.DockerClient | None = None
         self._model: dict[str, Any] | None = None
         self._early_images: threading.Thread | None = None
@@ -96,7 +103,7 @@ class SwarmLifecycle:
             raise self._error
         if self._cluster is None:
             try:
-                self._on_first_use()
+                self.first_use()
                 self._cluster = self._reattach() if self.settings.reuse else None
                 if self._cluster is None:
                     self._cluster = self._up()
@@ -106,10 +113,22 @@ class SwarmLifecycle:
             self._announce(self._cluster)
         return self._cluster
 
+    def first_use(self) -> None:
+        """What runs once before the run's first cluster (of any kind) comes up: the plugin
+        makes SIGTERM unwind like Ctrl-C. Call it from the main thread."""
+        if not self._first_used:
+            self._first_used = True
+            self._on_first_use()
+
     @property
     def used(self) -> bool:
         """Whether this run asked for a cluster or rendered a stack."""
-        return self._cluster is not None or self._error is not None or self._model is not None
+        return (
+            self._cluster is not None
+            or self._error is not None
+            or self._model is not None
+            or bool(self.isolated)
+        )
 
     @property
     def brought_up(self) -> Cluster | None:
@@ -124,7 +143,7 @@ class SwarmLifecycle:
         kind = provider_class(self.settings.provider)
         if not kind.preloads_images:
             self._build_images_early()
-        provider = self._provider(self.session, self._images_to_preload() if kind.preloads_images else ())
+        provider = self._provider(self.session, self.images_to_preload() if kind.preloads_images else ())
         self.provider = provider
         self.progress(f"provisioning {self.settings.provider}: master-1 + {self.settings.workers} workers")
         return provider.up()
@@ -143,12 +162,12 @@ class SwarmLifecycle:
 
         def build() -> None:
             with contextlib.suppress(Exception):  # the deploy builds again and reports it
-                self._images_to_preload()
+                self.images_to_preload()
 
         self._early_images = threading.Thread(target=build, name="swarm-images", daemon=True)
         self._early_images.start()
 
-    def _images_to_preload(self) -> list[str]:
+    def images_to_preload(self) -> list[str]:
         """Every image the run's stacks need, built before the nodes boot, for a provider that
         ``preloads_images`` (uml bakes them into node disks; attach checks them on the nodes)."""
         if self.settings.env is None:
@@ -224,13 +243,26 @@ class SwarmLifecycle:
         """Deploy ``source`` on the cluster (not cached) and, with ``wait``, let it converge."""
         cluster = self.cluster()
         assert self.provider is not None
+        record_stack(self.session, source.name())  # before it exists: a killed run's sweep finds it
+        return self.deploy_on(cluster, self.provider, source, timeout, on_deployed, wait)
+
+    def deploy_on(
+        self,
+        cluster: Cluster,
+        provider: Provider,
+        source: StackSource,
+        timeout: float | None = None,
+        on_deployed: Callable[[DeployedStack], None] = lambda _stack: None,
+        wait: bool = True,
+    ) -> DeployedStack:
+        """Deploy ``source`` on ``cluster`` (the run's, or one of its own that ``provider``
+        brought up) with the run's images and settings."""
         if self._early_images is not None:  # the same builds, not twice at once
             self._early_images.join()
             self._early_images = None
-        record_stack(self.session, source.name())  # before it exists: a killed run's sweep finds it
         stack = deploy(
             cluster,
-            self.provider.load_images,
+            provider.load_images,
             source,
             local=self.local,
             build=self.settings.build,
@@ -239,7 +271,7 @@ class SwarmLifecycle:
             progress=self.progress,
             on_deployed=on_deployed,
             wait=wait,
-            join_networks_first=self.provider.joins_networks_first,
+            join_networks_first=provider.joins_networks_first,
         )
         for service in stack.standins:
             line = f"{stack.name}: {service} runs a stand-in image ({stack.declared(service).get('image')})"
@@ -315,6 +347,8 @@ class SwarmLifecycle:
     def finish(self, failed: bool) -> None:
         """Remove the cluster, or keep it (--swarm-keep, --swarm-reuse) and say how to reach it;
         once (later calls do nothing)."""
+        for isolated in list(self.isolated):
+            isolated.close()  # the suite that made it closes it first; this is for a run cut short
         if self.provider is None or self._finished:
             return
         self._finished = True

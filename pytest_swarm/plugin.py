@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 
 from . import evidence, timing, together, waiting, workers
-from .capabilities import FEATURES, skip_reason
+from .capabilities import FEATURES, TESTED_ON, skip_reason
 from .errors import StackError, SwarmError
 from .lifecycle import LIFECYCLE, SwarmLifecycle, lifecycle_of
 from .report import (
@@ -71,6 +71,11 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 def pytest_configure(config: pytest.Config) -> None:
     for marker, (_, feature) in FEATURES.items():
         config.addinivalue_line("markers", f"{marker}: the test needs {feature}; skipped where missing")
+    config.addinivalue_line(
+        "markers",
+        "disruptive: kills, drains or cuts off nodes of a cluster of its own (dind: by default; "
+        "elsewhere with --swarm-disruptive); deselect with -m 'not disruptive'",
+    )
     cli = {opt.name: config.getoption(opt.dest, None) for opt in OPTIONS}
     ini = {opt.name: config.getini(opt.ini) for opt in OPTIONS}
     try:
@@ -184,11 +189,13 @@ def pytest_report_header(config: pytest.Config) -> list[str]:
 @pytest.hookimpl(wrapper=True)
 def pytest_runtest_setup(item: pytest.Item) -> Any:
     """After its fixtures: a test marked needs_routing_mesh / needs_vip is skipped at once on a
-    cluster whose nodes lack what it needs, naming the nodes and the kernel feature."""
+    cluster whose nodes lack what it needs, naming the nodes and the kernel feature (the run's
+    cluster, or the one its fixtures said it runs on: capabilities.judged_on)."""
     outcome = yield
     markers = [marker for marker in FEATURES if item.get_closest_marker(marker) is not None]
     if markers:
-        cluster = lifecycle_of(item.config).cluster()  # up already when its fixtures need it
+        # the run's cluster is up already when the test's fixtures need it
+        cluster = item.stash.get(TESTED_ON, None) or lifecycle_of(item.config).cluster()
         for marker in markers:
             missing = cluster.missing_capability(FEATURES[marker][0])
             if missing:
@@ -220,6 +227,10 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
             text = masker(evidence.collect(stack, evidence.services_tested_by(item)))
             report.sections.append((f"swarm evidence: stack {stack.name}", text))
             item.user_properties.append((f"swarm_evidence_{stack.name}", text))  # JUnit <property>
+        for title, text in evidence.texts_of(item):
+            report.sections.append((f"swarm evidence: {title}", masker(text)))
+            key = "_".join(title.lower().split())
+            item.user_properties.append((f"swarm_evidence_{key}", masker(text)))
     if call.when != "teardown" and (not report.passed or hasattr(report, "wasxfail")):
         reason = reason_of(report)
         if reason:
@@ -330,6 +341,11 @@ def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> Non
         terminalreporter.section("swarm")
         for line in lines:
             terminalreporter.write_line(masker(line))
+    figures = list(merged.figures) if merged is not None else lifecycle_of(config).figures
+    if figures:
+        terminalreporter.section("swarm resilience: measured, and the deadline each was held to")
+        for figure in figures:
+            terminalreporter.write_line(masker(figure.describe()))
     timings = list(merged.timings) if merged is not None else lifecycle_of(config).timings
     if timings:
         terminalreporter.section("swarm timing: declared waits and the rest")

@@ -11,6 +11,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from .resilience import Figure
 from .timing import Timing
 
 if TYPE_CHECKING:
@@ -163,6 +164,7 @@ class RunFacts:
     variables: Sequence[tuple[str, str]] = ()  # --swarm-set, over every env file's
     profile: str = ""  # the requirement profile's name ("" for none)
     requirements: Sequence[tuple[str, str]] = ()  # its (id, title) pairs
+    figures: Sequence[Figure] = ()  # what the disruptive checks measured, in the order measured
 
     @property
     def verdict(self) -> str:
@@ -211,6 +213,7 @@ def facts_of(lifecycle: SwarmLifecycle, checks: Checks, exit: str) -> RunFacts:
         variables=sorted(lifecycle.settings.variables.items()),
         profile=lifecycle.profile.name if lifecycle.profile else "",
         requirements=lifecycle.requirement_titles(),
+        figures=list(lifecycle.figures),
     )
 
 
@@ -301,6 +304,10 @@ def render(facts: RunFacts) -> str:
     else:
         lines.append("No test ran.")
     lines.append("")
+    if facts.figures:
+        lines += ["## Resilience", ""]
+        lines += _table(("scenario", "measured", "value", "deadline", "held"), resilience_rows(facts.figures))
+        lines.append("")
     if facts.timings:
         declared = sum(t.declared for t in facts.timings)
         rest = sum(t.rest for t in facts.timings)
@@ -315,6 +322,16 @@ def render(facts: RunFacts) -> str:
     if facts.notes:
         lines += ["## Notes", "", *(f"- {note}" for note in facts.notes), ""]
     return "\n".join(lines)
+
+
+def resilience_rows(figures: Sequence[Figure]) -> list[tuple[str, str, str, str, str]]:
+    """(scenario, what, value, deadline and its basis, held) per figure."""
+    rows = []
+    for f in figures:
+        deadline = "-" if f.deadline is None else f"{f.deadline.seconds:.1f} s ({f.deadline.basis})"
+        held = {None: "-", True: "yes", False: "NO"}[f.held]
+        rows.append((f.scenario, f.what, f.shown(), deadline, held))
+    return rows
 
 
 def suite_properties(facts: RunFacts) -> list[tuple[str, str]]:
@@ -334,6 +351,7 @@ def suite_properties(facts: RunFacts) -> list[tuple[str, str]]:
         (f"swarm_stack_{s.name}", f"env {s.env}, {s.services} services, converged {s.converged}")
         for s in facts.stacks
     ]
+    props += [(f"swarm_resilience_{f.key}", f.describe()) for f in facts.figures]
     return props
 
 

@@ -74,9 +74,19 @@ OPTIONS: tuple[Option, ...] = (
         "linelist",
     ),
     Option("provider", f"where the nodes come from: {', '.join(PROVIDERS)}", "dind"),
-    Option("workers", "number of worker nodes besides master-1", "2"),
+    Option("workers", "number of worker nodes besides the managers", "2"),
+    Option(
+        "managers", "number of manager nodes, master-1..N (3: a manager may fail without losing quorum)", "1"
+    ),
     Option("keep", f"keep the cluster after the run: {', '.join(KEEP_CHOICES)}", "never"),
     Option("reuse", "attach to the cluster kept by an earlier run (--swarm-keep)", "false", flag=True),
+    Option(
+        "disruptive",
+        "run the disruptive suite (a cluster of its own whose nodes it kills) also where that cluster "
+        "is costly (uml, machine); dind brings one up in seconds and runs it without this",
+        "false",
+        flag=True,
+    ),
     Option("timeout", "seconds a stack gets to converge", "120"),
     Option(
         "stacks",
@@ -172,8 +182,10 @@ class Settings:
     envs: Mapping[str, Path] = field(default_factory=dict)  # every env found: name -> file
     provider: str = "dind"
     workers: int = 2
+    managers: int = 1
     keep: str = "never"
     reuse: bool = False
+    disruptive: bool = False  # --swarm-disruptive: a cluster of its own for it on any provider
     timeout: float = 120.0
     stacks: tuple[Path, ...] = ()
     requirements: str = "lesson"  # lesson, none, or the path of a rules file
@@ -213,10 +225,16 @@ class Settings:
         raise StackError(f"no env file for {env!r}; envs found: {envfiles.describe(self.envs, self.rootdir)}")
 
     @property
+    def manager_names(self) -> tuple[str, ...]:
+        if self.provider == "ssh" and self.ssh_hosts:  # the first host named is the manager
+            return (self.ssh_hosts[0].name,)
+        return tuple(f"master-{i}" for i in range(1, self.managers + 1))
+
+    @property
     def node_names(self) -> tuple[str, ...]:
         if self.provider == "ssh" and self.ssh_hosts:  # the hosts named, manager first
             return tuple(target.name for target in self.ssh_hosts)
-        return ("master-1", *(f"worker-{i}" for i in range(1, self.workers + 1)))
+        return (*self.manager_names, *(f"worker-{i}" for i in range(1, self.workers + 1)))
 
     def planned_nodes(self) -> list[NodeFacts]:
         """The nodes of the cluster the stack is meant for, as configured (names, roles, labels):
@@ -225,7 +243,7 @@ class Settings:
             NodeFacts(
                 id=name,
                 hostname=name,
-                role="manager" if name == self.node_names[0] else "worker",
+                role="manager" if name in self.manager_names else "worker",
                 labels=self.labels_for(name, self.node_labels),
                 engine_labels=self.labels_for(name, self.engine_labels),
             )
@@ -240,9 +258,12 @@ class Settings:
         """One line for the report header."""
         stacks = ",".join(_short(p, self.rootdir) for p in self.stacks)
         return (
-            f"swarm: provider={self.provider} env={self.env or '-'} workers={self.workers} "
+            f"swarm: provider={self.provider} env={self.env or '-'} "
+            + (f"managers={self.managers} " if self.managers != 1 else "")
+            + f"workers={self.workers} "
             f"keep={self.keep} reuse={'yes' if self.reuse else 'no'} timeout={self.timeout:g}s "
             f"stacks={stacks}"
+            + (" disruptive=on" if self.disruptive else "")
             + "".join(f" set {key}={value}" for key, value in sorted(self.variables.items()))
         )
 
@@ -314,8 +335,10 @@ def resolve(
         envs=envs,
         provider=provider,
         workers=workers,
+        managers=_integer("managers", text("managers"), minimum=1),
         keep=_choice("keep", text("keep"), KEEP_CHOICES),
         reuse=_boolean("reuse", text("reuse")),
+        disruptive=_boolean("disruptive", text("disruptive")),
         timeout=_number("timeout", text("timeout")),
         stacks=stacks,
         requirements=text("requirements"),

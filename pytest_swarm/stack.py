@@ -295,8 +295,9 @@ class DeployedStack:
         except CommandError as exc:
             raise StackError(f"deploying {self.name} failed: {exc}") from exc
 
-    def converge(self, timeout: float) -> None:
-        """Wait until every service runs its desired tasks and no update is under way."""
+    def converge(self, timeout: float, sleep: Callable[[float], None] = time.sleep) -> None:
+        """Wait until every service runs its desired tasks and no update is under way
+        (``sleep``: between two looks, e.g. one that ends the wait when the run stops)."""
         started = time.monotonic()
         expected = set(self.declared_services)
 
@@ -313,7 +314,7 @@ class DeployedStack:
             return Poll(not pending, "; ".join(pending) or "all converged")
 
         try:
-            wait_for(probe, what=f"stack {self.name} converged", timeout=timeout, interval=0.5)
+            wait_for(probe, what=f"stack {self.name} converged", timeout=timeout, interval=0.5, sleep=sleep)
         except Exception as exc:
             errors = self.task_errors()
             detail = "\n".join(f"  {line}" for line in errors) or "  (no task error reported)"

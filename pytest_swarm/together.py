@@ -107,6 +107,11 @@ class Together(Generic[K, T]):
     def interrupt(self) -> None:
         self._stop.set()
 
+    @property
+    def interrupted(self) -> bool:
+        """Whether the run is ending: an operation skips what it would only put back for later."""
+        return self._stop.is_set()
+
     def close(self) -> None:
         """Wait for every operation (each is bounded by its own deadlines)."""
         self._pool.shutdown(wait=True)
@@ -154,11 +159,15 @@ def early_work_last(items: list[pytest.Item]) -> None:
        order their work was started (``START_EARLY_ORDER``), so the first checks its work
        while the next one's still runs;
     3. those that wait for all of it: a test that changes nodes (``swarm_node_control``), or a
-       module that says ``AFTER_EARLY_WORK = True`` (its timings are what it checks).
+       module that says ``AFTER_EARLY_WORK = True`` (its timings are what it checks);
+    4. those whose work runs on a cluster of its own (``OWN_CLUSTER = True``): nothing waits for
+       it, so the others run while it does, and its tests come when it is most likely done.
     """
 
     def group(item: pytest.Item) -> tuple[int, int]:
         module = getattr(item, "module", None)
+        if getattr(module, "OWN_CLUSTER", False):
+            return (3, 0)
         if getattr(module, "AFTER_EARLY_WORK", False):
             return (2, 0)
         if hasattr(module, "start_early"):

@@ -17,6 +17,7 @@ from typing import Any
 import pytest
 
 from .report import Checks, NodeRow, RunFacts, StackRow
+from .resilience import Deadline, Figure
 from .timing import Timing
 
 FACTS = "swarm_facts"  # the key of a worker's facts in its workeroutput
@@ -51,6 +52,10 @@ def facts_in(text: str) -> RunFacts:
             "timings": [Timing(**{**t, "why": tuple(t["why"])}) for t in data["timings"]],
             "variables": [tuple(pair) for pair in data["variables"]],
             "requirements": [tuple(pair) for pair in data["requirements"]],
+            "figures": [
+                Figure(**{**f, "deadline": Deadline(**f["deadline"]) if f["deadline"] else None})
+                for f in data.get("figures", [])
+            ],
         }
     )
 
@@ -67,5 +72,6 @@ def merged(own: RunFacts, workers: Mapping[str, RunFacts]) -> RunFacts:
         nodes=[replace(n, name=f"{w} {n.name}") for w in order for n in workers[w].nodes],
         stacks=[replace(s, name=f"{w} {s.name}") for w in order for s in workers[w].stacks],
         timings=[t for w in order for t in workers[w].timings],
+        figures=[f for w in order for f in workers[w].figures],
         notes=[*own.notes, *(f"{w}: {note}" for w in order for note in workers[w].notes)],
     )

@@ -54,9 +54,10 @@ def pytest_collectstart(collector: pytest.Collector) -> None:
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Modules run in three groups around the early work (below): those that only read the
-    main stack, those that started early work, those that need the cluster to themselves;
-    each group in the order it was given (pytest-randomly shuffles it)."""
+    """Modules run in four groups around the early work (below): those that only read the
+    main stack, those that started early work, those that need the cluster to themselves,
+    those on a cluster of their own; each group in the order it was given (pytest-randomly
+    shuffles it)."""
     early_work_last(items)
 
 
@@ -80,29 +81,42 @@ def _started_early(
     request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[None]:
     """A suite whose checks mostly wait on things of their own (stacks of their own, other envs)
-    defines ``start_early(request, main_stack, folder)``, returning a handle with ``close()``.
-    When one of its tests is selected, it is started as soon as the main stack is up, so its
-    waits overlap the other suites; the suite's module fixture takes the handle (take_early)."""
+    defines ``start_early(request, main_stack, folder)``, returning a handle with ``wait()`` and
+    ``close()``. When one of its tests is selected, it is started as soon as the main stack is
+    up, so its waits overlap the other suites; the suite's module fixture takes the handle
+    (take_early).
+
+    A suite on a cluster of its own (``OWN_CLUSTER = True``) needs no main stack (it gets None
+    when no other early suite asks for one) and is started early only when tests of other
+    suites run too: alone, there is nothing to overlap, and its fixture starts it."""
     # An xdist worker collects every test but runs only the files it is given: it can't know
     # which early work it will need, so each module starts its own when it runs.
     under_xdist = hasattr(request.config, "workerinput")
-    modules = {
+    selected = {
         item.module.__name__: item.module
         for item in request.session.items
-        if isinstance(item, pytest.Function) and hasattr(item.module, "start_early") and not under_xdist
+        if isinstance(item, pytest.Function) and item.module is not None
     }
+    early = {n: m for n, m in selected.items() if hasattr(m, "start_early") and not under_xdist}
+    own = {n: m for n, m in early.items() if getattr(m, "OWN_CLUSTER", False)}
+    shared = {n: m for n, m in early.items() if n not in own}
+    if len(own) == len(selected):
+        own = {}
     started = request.config.stash.setdefault(EARLY, {})
-    if modules:
+    main: DeployedStack | None = None
+    if shared:
         try:
-            main: DeployedStack | None = request.getfixturevalue("swarm_stack")
+            main = request.getfixturevalue("swarm_stack")
         except (Exception, pytest.fail.Exception, pytest.skip.Exception):
             main = None  # the tests that need the stack say why it is missing
-        # in the order the modules ask (START_EARLY_ORDER, default 0), then by name
-        order = sorted(modules.items(), key=lambda kv: (getattr(kv[1], "START_EARLY_ORDER", 0), kv[0]))
-        for name, module in order if main is not None else []:
-            handle = module.start_early(request, main, tmp_path_factory.mktemp(name.rpartition(".")[2]))
-            if handle is not None:
-                started[name] = handle
+    # in the order the modules ask (START_EARLY_ORDER, default 0), then by name; the suites on a
+    # cluster of their own last (the run's cluster is up by then: theirs don't slow its start)
+    order = sorted(shared.items(), key=lambda kv: (getattr(kv[1], "START_EARLY_ORDER", 0), kv[0]))
+    order = [kv for kv in order if main is not None] + sorted(own.items())
+    for name, module in order:
+        handle = module.start_early(request, main, tmp_path_factory.mktemp(name.rpartition(".")[2]))
+        if handle is not None:
+            started[name] = handle
     yield
     while started:  # a module that never ran (e.g. -x stopped the run) leaves nothing behind
         started.popitem()[1].close()

@@ -42,6 +42,8 @@ class AttachProvider(FixedNodes):
     joins_networks_first: ClassVar[bool] = False
     preloads_images: ClassVar[bool] = True  # checked on the nodes before any suite runs
     gives_labels: ClassVar[tuple[str, ...]] = ()  # the swarm's labels are its own: a finding
+    # no second cluster to attach to: the disruptive suite is skipped with fixed_nodes_reason
+    second_cluster_cost: ClassVar[str] = "a second swarm to attach to, which the run can't make"
 
     def __init__(self, run: ProviderRun, *, environ: Mapping[str, str] | None = None) -> None:
         """``environ`` (default: the process's) is where DOCKER_HOST and the TLS settings are read."""

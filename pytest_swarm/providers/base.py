@@ -70,6 +70,10 @@ class Provider(Protocol):
     # the label kinds ("node", "engine") the nodes it brings up carry as the settings say: a
     # placement constraint on one of those that no node will carry is named before deploying
     gives_labels: ClassVar[tuple[str, ...]]
+    # What a second cluster of this kind costs (the disruptive suite kills nodes of a cluster of
+    # its own); "" when it comes up in seconds and the suite runs by default, else it runs only
+    # with --swarm-disruptive and its skip says this.
+    second_cluster_cost: ClassVar[str]
 
     def __init__(self, run: ProviderRun) -> None: ...
 
@@ -153,11 +157,21 @@ def parallel(func: Callable[[T], R], items: Sequence[T]) -> list[R]:
     return [f.result() for f in futures]
 
 
-def form_swarm(manager: Engine, workers: Sequence[Engine]) -> None:
-    """``swarm init`` on the manager with an explicit advertise address; workers join in parallel."""
+def is_manager_name(name: str) -> bool:
+    """Whether a node of that name joins as a manager: the lesson's names, master-N."""
+    return name.startswith("master-")
+
+
+def form_swarm(manager: Engine, others: Sequence[Engine]) -> None:
+    """``swarm init`` on the manager with an explicit advertise address; the other managers
+    (master-N) join one at a time (each join is a change of raft's membership), then the
+    workers in parallel."""
     manager.client.swarm.init(advertise_addr=manager.address, listen_addr="0.0.0.0:2377")
-    token = manager.client.swarm.attrs["JoinTokens"]["Worker"]
-    parallel(lambda engine: join(engine, manager.address, token), workers)
+    tokens = manager.client.swarm.attrs["JoinTokens"]
+    for engine in (e for e in others if is_manager_name(e.name)):
+        join(engine, manager.address, tokens["Manager"])
+    workers = [e for e in others if not is_manager_name(e.name)]
+    parallel(lambda engine: join(engine, manager.address, tokens["Worker"]), workers)
 
 
 def join(engine: Engine, manager_address: str, token: str, availability: str = "active") -> None:

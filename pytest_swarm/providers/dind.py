@@ -9,6 +9,8 @@ the test runner reaches every engine without a TCP port.
 
 from __future__ import annotations
 
+import ipaddress
+import threading
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -16,10 +18,11 @@ from typing import TYPE_CHECKING, ClassVar
 
 import docker
 import docker.errors
+import docker.types
 
 from .. import images
 from ..cluster import Cluster
-from ..errors import SwarmError
+from ..errors import ProvisioningError, SwarmError
 from ..ownership import (
     MACHINE_STATE_FILE,
     OWNER_LABEL,
@@ -40,6 +43,8 @@ from .local_nodes import LocalNodes
 NODE_RECIPE = Path(__file__).parent / "dind_node"
 NODE_REPO = "pytest-swarm/node"
 NODE_MOUNT = "/pytest-swarm"
+# On the session's network: its subnet was named at creation, so each node has a fixed address.
+FIXED_ADDRESSES = "io.pytest-swarm.fixed-addresses"
 ENGINE_TIMEOUT = 60.0
 
 
@@ -58,12 +63,17 @@ class DindProvider(LocalNodes):
 
     name: ClassVar[str] = "dind"
     joins_networks_first: ClassVar[bool] = True
+    second_cluster_cost: ClassVar[str] = ""  # a few containers: seconds (bench/README.md)
 
     def __init__(self, run: ProviderRun) -> None:
         super().__init__(run)
         self.client = run.local()
         self.network = self.session.prefix
         self._image = ""
+        self._subnet: ipaddress.IPv4Network | ipaddress.IPv6Network | None = None
+        self._gateway = ""
+        self._ips: dict[str, str] = {}  # node -> its address on the network, kept across restarts
+        self._ips_lock = threading.Lock()
 
     # -- names and places -------------------------------------------------------------------
     def _container_name(self, node: str) -> str:
@@ -94,13 +104,58 @@ class DindProvider(LocalNodes):
         sweep(self.client, self.progress)
         self._image = node_image(self.client, self.progress)
         self.session.make_run_dir()
-        self.client.networks.create(self.network, driver="bridge", labels=self.session.labels)
+        self._create_network()
         return started
+
+    def _create_network(self) -> None:
+        """The session's bridge network, with a subnet it names: docker picks a free one, and the
+        network is made again with it given. Only there does a node keep its address when it
+        is started again: elsewhere two nodes started at once swap theirs (seen on engine
+        20.10), and two managers swapped never get quorum back (raft asks each at the other's)."""
+        picked = self.client.networks.create(self.network, driver="bridge", labels=self.session.labels)
+        config = ((picked.attrs.get("IPAM") or {}).get("Config") or [{}])[0]
+        picked.remove()
+        subnet, gateway = config.get("Subnet"), config.get("Gateway")
+        if not subnet:
+            raise ProvisioningError(
+                f"docker gave the network {self.network} no subnet: {picked.attrs.get('IPAM')}"
+            )
+        self._subnet = ipaddress.ip_network(subnet)
+        self._gateway = gateway or str(next(self._subnet.hosts()))
+        pool = docker.types.IPAMPool(subnet=subnet, gateway=self._gateway)
+        self.client.networks.create(
+            self.network,
+            driver="bridge",
+            labels={**self.session.labels, FIXED_ADDRESSES: "true"},
+            ipam=docker.types.IPAMConfig(pool_configs=[pool]),
+        )
+
+    def _read_network(self, nodes: Sequence[str]) -> None:
+        """A kept cluster's subnet and node addresses (a network made before addresses were fixed
+        has none: its nodes get one from docker, as then)."""
+        attrs = self.client.api.inspect_network(self.network)
+        config = ((attrs.get("IPAM") or {}).get("Config") or [{}])[0]
+        if (attrs.get("Labels") or {}).get(FIXED_ADDRESSES) and config.get("Subnet"):
+            self._subnet = ipaddress.ip_network(config["Subnet"])
+            self._gateway = config.get("Gateway") or str(next(self._subnet.hosts()))
+            self._ips.update({node: self.address(node) for node in nodes})
+
+    def _address_for(self, node: str) -> str | None:
+        """The node's fixed address: the lowest of the subnet no other node holds (None on a
+        network without a named subnet)."""
+        if self._subnet is None:
+            return None
+        with self._ips_lock:
+            if node not in self._ips:
+                taken = {self._gateway, *self._ips.values()}
+                self._ips[node] = next(str(ip) for ip in self._subnet.hosts() if str(ip) not in taken)
+            return self._ips[node]
 
     def attach(self, nodes: Sequence[str]) -> Cluster:
         """Reach the nodes of a kept cluster again (``--swarm-reuse``)."""
         started = time.monotonic()
         self._image = node_image(self.client, self.progress)  # for a node added later
+        self._read_network(nodes)
         for node in nodes:
             client = engine_client(self.socket_url(node))
             self._engines[node] = Engine(node, client, self.address(node))
@@ -129,6 +184,7 @@ class DindProvider(LocalNodes):
         )
         # `--security-opt systempaths=unconfined`: the engine needs /proc/sys writable.
         host_config.update(MaskedPaths=[], ReadonlyPaths=[])
+        endpoint = api.create_endpoint_config(ipv4_address=self._address_for(node))
         created = api.create_container(
             self._image,
             flags,
@@ -137,6 +193,7 @@ class DindProvider(LocalNodes):
             labels={**self.session.labels, "io.pytest-swarm.node": node},
             environment={"DOCKER_SERVICE_PREFER_OFFLINE_IMAGE": "1"},
             host_config=host_config,
+            networking_config=api.create_networking_config({self.network: endpoint}),
         )
         api.start(created["Id"])
         container_id = str(created["Id"])
@@ -154,8 +211,10 @@ class DindProvider(LocalNodes):
 
     # -- nodes during a run ------------------------------------------------------------------
     def _discard_node(self, node: str, engine: Engine | None) -> str:
-        """Remove the node's container, volume and cgroup folders."""
+        """Remove the node's container, volume and cgroup folders; its address is free again."""
         self._remove_container(node)
+        with self._ips_lock:
+            self._ips.pop(node, None)
         return ""
 
     def stop_node(self, name: str) -> None:

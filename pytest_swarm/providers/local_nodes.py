@@ -1,6 +1,7 @@
 """The node skeleton of the providers whose nodes run on this machine (dind: containers, uml:
-UML kernels): master-1 and worker-1..N, each engine reached through a unix socket in the run
-folder, the swarm formed, labelled and probed the same way.
+UML kernels): master-1..M and worker-1..N, each engine reached through a unix socket in the run
+folder, the swarm formed, labelled and probed the same way. master-1 forms the swarm and is the
+one the run talks to; the other managers (``--swarm-managers``) are there for quorum.
 
 A subclass says how a node starts, what its log says, where it is and how it goes; this class
 holds the constructor, the tail of ``up``, ``add_node``, ``remove_node`` and ``keep``.
@@ -46,6 +47,7 @@ class LocalNodes(ABC):
     fixed_nodes_reason: ClassVar[str] = ""
     preloads_images: ClassVar[bool] = False
     gives_labels: ClassVar[tuple[str, ...]] = ("node", "engine")
+    second_cluster_cost: ClassVar[str]
     node_kind: ClassVar[str] = "node"  # how progress lines name a node
 
     def __init__(self, run: ProviderRun) -> None:
@@ -53,6 +55,7 @@ class LocalNodes(ABC):
         self.run = run
         self.session = run.session
         self.workers = settings.workers
+        self.managers = settings.manager_names
         self.node_labels = settings.node_labels
         self.engine_labels = settings.engine_labels
         self.timeout = settings.timeout
@@ -120,7 +123,7 @@ class LocalNodes(ABC):
         """Start the nodes, form the swarm, label it; on any failure (or Ctrl-C) remove it all."""
         try:
             started = self._prepare()
-            names = [MANAGER, *(f"worker-{i}" for i in range(1, self.workers + 1))]
+            names = [*self.managers, *(f"worker-{i}" for i in range(1, self.workers + 1))]
             for name in names:
                 self._plan_node(name)
             parallel(self._start_node, names)
@@ -129,7 +132,8 @@ class LocalNodes(ABC):
             form_swarm(self._engines[MANAGER], [self._engines[n] for n in names[1:]])
             self._wait_ready(names)
             apply_node_labels(self._engines[MANAGER].client, self.node_labels)
-            self.progress(f"swarm formed: {MANAGER} Leader + {self.workers} workers")
+            others = f" + {len(self.managers) - 1} managers" if len(self.managers) > 1 else ""
+            self.progress(f"swarm formed: {MANAGER} Leader{others} + {self.workers} workers")
             cluster = self._cluster_of(names, started)
             self.timings["ready"] = cluster.seconds_to_ready
             return cluster

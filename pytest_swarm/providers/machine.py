@@ -43,6 +43,9 @@ class MachineProvider:
     # engine labels come with the machines it creates (docker-machine --engine-label), not with
     # named ones: only node labels are counted on before deploying
     gives_labels: ClassVar[tuple[str, ...]] = ("node",)
+    second_cluster_cost: ClassVar[str] = (
+        "as many machines again, created and removed by the run (cloud time, minutes to create)"
+    )
 
     def __init__(self, run: ProviderRun, *, cli: MachineCli | None = None) -> None:
         """``cli``: the docker-machine executable (default: ``docker-machine`` on PATH)."""

@@ -44,6 +44,7 @@ class SshProvider(FixedNodes):
     preloads_images: ClassVar[bool] = False  # copied to the hosts before each deploy
     # engine labels are each host's dockerd configuration: only node labels are added
     gives_labels: ClassVar[tuple[str, ...]] = ("node",)
+    second_cluster_cost: ClassVar[str] = "a second set of hosts, which the run can't make"
 
     def __init__(self, run: ProviderRun) -> None:
         settings = run.settings

@@ -71,6 +71,10 @@ class UmlProvider(LocalNodes):
     # Loading images into a booted node over its tap takes minutes: they are baked into a disk.
     preloads_images: ClassVar[bool] = True
     node_kind: ClassVar[str] = "UML node"
+    second_cluster_cost: ClassVar[str] = (
+        "as many UML kernels again (about 250 MB of memory each, a disk with the stack's images) "
+        "beside the run's own: 2 cores hold one reddit stack on UML nodes, not two"
+    )
 
     def __init__(self, run: ProviderRun) -> None:
         super().__init__(run)

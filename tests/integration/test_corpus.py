@@ -186,6 +186,9 @@ def test_the_suites_find_what_the_stack_gets_wrong_and_nothing_else(
         "no:cacheprovider",
     ]
     command += ["--swarm-reuse", "--swarm-keep=always", f"--junitxml={junit}", *expected.args]
+    # The disruptive suite judges what swarm does when nodes fail, not what the files say: it
+    # brings up a cluster of its own per run (about two minutes each); the reddit stack has it.
+    command += ["-m", "not disruptive"]
     env = {k: v for k, v in os.environ.items() if not k.startswith("SWARM_") and k != "PYTHONPATH"}
     try:
         run = subprocess.run(

@@ -141,3 +141,24 @@ def test_a_node_that_never_gets_ready_is_named_with_its_dockerd_log(
     finally:
         provider.down()
     assert leftovers(engine, provider.session.id) == []
+
+
+def test_three_managers_form_one_raft_with_master_1_leading(
+    engine: docker.DockerClient, leftovers: Callable[..., list[str]]
+) -> None:
+    provider = make_provider(engine, managers=3, workers=1)
+    provider.up()
+    try:
+        assert provider.cluster is not None
+        nodes = {n.name: n for n in provider.cluster.nodes()}
+        assert sorted(nodes) == ["master-1", "master-2", "master-3", "worker-1"]
+        assert [n for n, node in nodes.items() if node.role == "manager"] == [
+            "master-1",
+            "master-2",
+            "master-3",
+        ]
+        assert [n for n, node in nodes.items() if node.leader] == ["master-1"]
+        assert all(node.ready for node in nodes.values())
+    finally:
+        provider.down()
+    assert leftovers(engine, provider.session.id) == []

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import re
+import selectors
 import signal
 import subprocess
 import sys
@@ -192,3 +194,49 @@ def test_killed_run_is_removed_by_the_sweep_command(
     assert swept.returncode == 0, swept.stderr
     assert session in swept.stdout, swept.stdout
     assert leftovers(engine, session) == []
+
+
+def read_until(run: subprocess.Popen[bytes], pattern: str, timeout: float) -> tuple[str, str]:
+    """The run's output until a line matching ``pattern`` (that line, all so far); bounded."""
+    assert run.stdout is not None
+    seen: list[str] = []
+    deadline = time.monotonic() + timeout
+    with selectors.DefaultSelector() as selector:
+        selector.register(run.stdout, selectors.EVENT_READ)
+        while time.monotonic() < deadline and run.poll() is None:
+            if not selector.select(timeout=max(0.0, min(1.0, deadline - time.monotonic()))):
+                continue
+            line = run.stdout.readline().decode(errors="replace")
+            seen.append(line)
+            if re.search(pattern, line):
+                return line, "".join(seen)
+    raise AssertionError(f"no line matching {pattern!r} within {timeout:g} s; the run said:\n{''.join(seen)}")
+
+
+def test_ctrl_c_in_the_middle_of_a_disruptive_scenario_leaves_nothing(
+    project: pytest.Pytester, engine: docker.DockerClient, leftovers: Leftovers
+) -> None:
+    """SIGINT while a worker of the resilience suite's own cluster is down: the run ends, and
+    every container, network, volume and folder of each session it made is gone."""
+    known = known_sessions(engine)
+    suite = ["--pyargs", "pytest_swarm.acceptance.test_resilience", "-k", "killed_worker"]
+    run = subprocess.Popen(
+        [sys.executable, "-m", "pytest", "--swarm-env=small", "-p", "no:randomly", "-s", *suite],
+        cwd=project.path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
+    try:
+        line, _ = read_until(run, r"resilience: worker lost: worker-\d killed", timeout=300)
+        sessions = known_sessions(engine) - known
+        run.send_signal(signal.SIGINT)
+        rest, _ = run.communicate(timeout=180)
+    finally:
+        if run.poll() is None:
+            run.kill()
+            run.wait()
+    assert sessions, "the suite's own cluster had no labelled container while a worker was down"
+    assert run.returncode == pytest.ExitCode.INTERRUPTED, rest.decode(errors="replace")
+    for session in sessions:
+        assert leftovers(engine, session) == [], f"session {session} after Ctrl-C ({line.strip()})"

@@ -83,6 +83,7 @@ def test_markers_are_registered(project: pytest.Pytester) -> None:
         [
             "@pytest.mark.needs_routing_mesh: the test needs IPVS*",
             "@pytest.mark.needs_vip: the test needs IPVS*",
+            "@pytest.mark.disruptive: kills, drains or cuts off nodes of a cluster of its own*",
         ]
     )
 
@@ -202,3 +203,28 @@ def test_the_suites_without_an_env_are_one_usage_error(project: pytest.Pytester)
         ]
     )
     assert "Traceback" not in result.stdout.str() + result.stderr.str()
+
+
+RESILIENCE = "pytest_swarm.acceptance.test_resilience"
+
+
+def test_the_disruptive_suite_is_deselected_by_its_marker(
+    project: pytest.Pytester, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("DOCKER_HOST", "unix:///nonexistent/docker.sock")
+    result = project.runpytest("--swarm-env=dev", "--pyargs", RESILIENCE, "-m", "not disruptive")
+    assert result.ret == pytest.ExitCode.NO_TESTS_COLLECTED
+    result.stdout.fnmatch_lines(["*7 deselected*"])
+
+
+def test_the_disruptive_suite_is_skipped_where_a_second_cluster_is_costly_unless_asked(
+    project: pytest.Pytester, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """No engine is asked: the reason names the provider's cost and the option that opts in."""
+    monkeypatch.setenv("DOCKER_HOST", "unix:///nonexistent/docker.sock")
+    result = project.runpytest("--swarm-env=dev", "--swarm-provider=uml", "--pyargs", RESILIENCE, "-rs")
+    result.assert_outcomes(skipped=7)
+    result.stdout.fnmatch_lines(
+        ["SKIPPED [[]1] *resilience breaks nodes of a cluster of its own; on uml that is *"]
+    )
+    assert "run it with --swarm-disruptive" in result.stdout.str()

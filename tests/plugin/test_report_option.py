@@ -230,3 +230,51 @@ def test_under_xdist_keeping_a_cluster_is_a_usage_error(pytester: pytest.Pyteste
     result = pytester.runpytest_subprocess("-n", "2", "--swarm-keep=on-failure")
     assert result.ret == pytest.ExitCode.USAGE_ERROR
     result.stderr.fnmatch_lines(["*under pytest-xdist each worker brings up its own*"])
+
+
+FIGURES = """
+from pytest_swarm import disruption, resilience
+
+def test_worker_lost(request):
+    down = resilience.SwarmTimers().node_down()
+    disruption.record_figure(request.node, resilience.Figure("worker lost", "to Down", 12.4, deadline=down))
+    disruption.record_figure(
+        request.node, resilience.Figure("worker lost", "failed requests during", 3, "requests", note="of 90")
+    )
+
+def test_partition(request):
+    backoff = resilience.Deadline(35.5, "backoff")
+    late = resilience.Figure("partition", "healed: to Ready", 40.0, deadline=backoff)
+    disruption.record_figure(request.node, late)
+    assert late.held, late.describe()
+"""
+
+
+def test_resilience_figures_reach_the_report_the_junit_properties_and_the_summary(
+    project: pytest.Pytester,
+) -> None:
+    project.makepyfile(test_figures=FIGURES)
+    result, report, junit = run(project, "test_figures.py")
+    result.assert_outcomes(passed=1, failed=1)
+    lines = report.splitlines()
+    assert "## Resilience" in lines
+    assert (
+        "| worker lost | to Down | 12.4 s | 18.5 s (3 missed heartbeats x (5 s + 0.5 s) + 2 s) | yes |"
+        in lines
+    )
+    assert "| worker lost | failed requests during | 3 requests of 90 | - | - |" in lines
+    assert "| partition | healed: to Ready | 40.0 s | 35.5 s (backoff) | NO |" in lines
+    lost = case_properties(junit, "test_worker_lost")
+    assert lost["swarm_resilience_worker_lost_to_down_seconds"] == "12.4"
+    assert lost["swarm_resilience_worker_lost_to_down_deadline_seconds"] == "18.5"
+    assert lost["swarm_resilience_worker_lost_failed_requests_during_requests"] == "3"
+    suite = {p.get("name"): p.get("value") for p in junit.find("testsuite").find("properties")}  # type: ignore[union-attr]
+    assert suite["swarm_resilience_partition_healed_to_ready"].startswith(
+        "partition: healed: to Ready 40.0 s, PAST"
+    )
+    result.stdout.fnmatch_lines(
+        [
+            "*swarm resilience: measured, and the deadline each was held to*",
+            "worker lost: to Down 12.4 s, within its deadline 18.5 s (3 missed heartbeats*",
+        ]
+    )

@@ -40,6 +40,7 @@ CAPABILITIES = {
     "joins_networks_first": bool,
     "preloads_images": bool,
     "gives_labels": tuple,
+    "second_cluster_cost": str,
 }
 
 
@@ -92,6 +93,13 @@ def test_what_each_provider_can_do() -> None:
         "attach": (False, False, False, True, ()),
         "ssh": (False, False, False, False, ("node",)),
     }
+
+
+def test_only_dind_brings_up_a_second_cluster_by_default() -> None:
+    """The disruptive suite's cluster of its own: dind's costs seconds; the others say what theirs costs."""
+    costs = {name: provider_class(name).second_cluster_cost for name in NAMES}
+    assert costs["dind"] == ""
+    assert all(costs[name] for name in NAMES if name != "dind")
 
 
 def test_attach_removes_only_its_record(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

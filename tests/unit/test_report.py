@@ -18,6 +18,7 @@ from pytest_swarm.report import (
     requirement_rows,
     suite_properties,
 )
+from pytest_swarm.resilience import Deadline, Figure
 from pytest_swarm.timing import Timing
 
 # the profile's (id, title) pairs, as the lifecycle hands them to the report
@@ -180,3 +181,35 @@ def test_suite_properties_name_nodes_and_stacks() -> None:
         props["swarm_node_master-1"] == "manager (Leader), ready/active, engine 20.10.24, address 172.18.0.2"
     )
     assert props["swarm_stack_DEV"] == "env dev, 7 services, converged yes, in 14.2 s"
+
+
+FIGURES = [
+    Figure(
+        "worker lost", "to Down", 12.4, deadline=Deadline(18.5, "3 missed heartbeats x (5 s + 0.5 s) + 2 s")
+    ),
+    Figure("partition", "healed: to Ready", 40.0, deadline=Deadline(35.5, "backoff")),
+    Figure("worker lost", "failed requests during", 3, "requests", note="of 90"),
+]
+
+
+def test_render_has_a_resilience_table_with_each_figure_and_its_deadline() -> None:
+    lines = render(facts(figures=FIGURES)).splitlines()
+    assert "## Resilience" in lines
+    assert "| scenario | measured | value | deadline | held |" in lines
+    assert (
+        "| worker lost | to Down | 12.4 s | 18.5 s (3 missed heartbeats x (5 s + 0.5 s) + 2 s) | yes |"
+        in lines
+    )
+    assert "| partition | healed: to Ready | 40.0 s | 35.5 s (backoff) | NO |" in lines
+    assert "| worker lost | failed requests during | 3 requests of 90 | - | - |" in lines
+    assert "## Resilience" not in render(facts())
+
+
+def test_suite_properties_carry_the_resilience_figures() -> None:
+    props = dict(suite_properties(facts(figures=FIGURES)))
+    assert props["swarm_resilience_worker_lost_to_down"] == (
+        "worker lost: to Down 12.4 s, within its deadline 18.5 s (3 missed heartbeats x (5 s + 0.5 s) + 2 s)"
+    )
+    assert props["swarm_resilience_partition_healed_to_ready"].startswith(
+        "partition: healed: to Ready 40.0 s, PAST"
+    )

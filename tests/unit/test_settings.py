@@ -216,3 +216,29 @@ def test_set_variables_over_the_env_files(root: Path) -> None:
 def test_bad_set_entries(root: Path, entry: str, message: str) -> None:
     with pytest.raises(SettingsError, match=message):
         resolve({"set": entry}, {}, {}, root)
+
+
+def test_managers_name_master_nodes_and_show_in_the_header(root: Path) -> None:
+    s = resolve({"managers": "3", "workers": "2"}, {}, {}, root)
+    assert s.manager_names == ("master-1", "master-2", "master-3")
+    assert s.node_names == ("master-1", "master-2", "master-3", "worker-1", "worker-2")
+    roles = {n.hostname: n.role for n in s.planned_nodes()}
+    assert roles == {
+        "master-1": "manager",
+        "master-2": "manager",
+        "master-3": "manager",
+        "worker-1": "worker",
+        "worker-2": "worker",
+    }
+    assert "managers=3 workers=2" in s.describe()
+    assert "managers=" not in resolve({}, {}, {}, root).describe()  # the lesson's one manager: as before
+    with pytest.raises(SettingsError, match="whole number >= 1"):
+        resolve({"managers": "0"}, {}, {}, root)
+
+
+def test_disruptive_flag_from_cli_env_or_ini(root: Path) -> None:
+    assert resolve({}, {}, {}, root).disruptive is False
+    assert resolve({"disruptive": "true"}, {}, {}, root).disruptive is True
+    assert resolve({}, {"SWARM_DISRUPTIVE": "1"}, {}, root).disruptive is True
+    assert resolve({}, {}, {"disruptive": "yes"}, root).disruptive is True
+    assert "disruptive=on" in resolve({"disruptive": "true"}, {}, {}, root).describe()

@@ -86,10 +86,12 @@ def test_modules_around_early_work_keep_their_order_within_each_group() -> None:
         return SimpleNamespace(__name__=name, **attributes)
 
     updates = module("updates", AFTER_EARLY_WORK=True)
+    resilience = module("resilience", start_early=print, OWN_CLUSTER=True)
     envs = module("envs", start_early=print)
     restart = module("restart", start_early=print, START_EARLY_ORDER=1)
     scaling, limits, cluster = module("scaling"), module("limits"), module("cluster")
     items = [
+        SimpleNamespace(module=resilience, fixturenames=[], name="x1"),
         SimpleNamespace(module=restart, fixturenames=[], name="r1"),
         SimpleNamespace(module=updates, fixturenames=[], name="u1"),
         SimpleNamespace(module=scaling, fixturenames=[], name="s1"),
@@ -101,8 +103,8 @@ def test_modules_around_early_work_keep_their_order_within_each_group() -> None:
     ]
     early_work_last(items)  # type: ignore[arg-type]
     # the others as they came; then who started early work, in the order it started; then who
-    # waits for all of it
-    assert [i.name for i in items] == ["l1", "c1", "e1", "e2", "r1", "u1", "s1", "s2"]
+    # waits for all of it; last, who works on a cluster of its own
+    assert [i.name for i in items] == ["l1", "c1", "e1", "e2", "r1", "u1", "s1", "s2", "x1"]
 
 
 def test_operations_wait_for_start_when_their_holder_is_not_ready() -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pytest_swarm.report import Checks, NodeRow, RunFacts, StackRow
+from pytest_swarm.resilience import Deadline, Figure
 from pytest_swarm.timing import Timing
 from pytest_swarm.workers import facts_in, facts_out, merged
 
@@ -21,6 +22,10 @@ def facts(cluster: str, note: str) -> RunFacts:
         variables=[("POST_REPLICAS", "1")],
         profile="lesson",
         requirements=[("L01", "mongo on the reliable node")],
+        figures=[
+            Figure("worker lost", "to Down", 12.4, deadline=Deadline(18.5, "3 missed heartbeats")),
+            Figure("worker lost", "failed requests", 3, "failed requests", note="of 90"),
+        ],
     )
 
 
@@ -38,5 +43,6 @@ def test_the_controller_names_each_workers_cluster_nodes_stacks_and_notes() -> N
     assert [n.name for n in both.nodes] == ["gw0 master-1", "gw1 master-1"]
     assert [s.name for s in both.stacks] == ["gw0 DEV", "gw1 DEV"]
     assert both.notes == ["report written", "gw0: aaaa removed", "gw1: bbbb removed"]
+    assert [f.value for f in both.figures] == [12.4, 3, 12.4, 3]
     assert len(both.timings) == 2
     assert merged(own, {}) == own
