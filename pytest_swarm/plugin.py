@@ -20,6 +20,7 @@ from . import evidence, timing, together, waiting, workers
 from .capabilities import FEATURES, TESTED_ON, skip_reason
 from .errors import StackError, SwarmError
 from .lifecycle import LIFECYCLE, SwarmLifecycle, lifecycle_of
+from .options import OPTIONS
 from .report import (
     Checks,
     RunFacts,
@@ -31,7 +32,7 @@ from .report import (
     timing_properties,
 )
 from .secrets import Masker
-from .settings import OPTIONS, Settings, SettingsError, resolve
+from .settings import Settings, SettingsError, resolve
 from .stack import load_env
 
 pytest_plugins = ["pytest_swarm.fixtures"]

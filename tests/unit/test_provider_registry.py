@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from pytest_swarm import settings
+from pytest_swarm import options, settings
 from pytest_swarm.errors import ProvisioningError
 from pytest_swarm.ownership import RUN_ROOT_ENV, Session
 from pytest_swarm.providers import registry
@@ -46,7 +46,7 @@ CAPABILITIES = {
 
 def test_the_provider_option_offers_the_registry_names() -> None:
     assert settings.PROVIDERS == NAMES == ("dind", "uml", "machine", "attach", "ssh")
-    option = settings.OPTIONS_BY_NAME["provider"]
+    option = options.OPTIONS_BY_NAME["provider"]
     assert option.default == NAMES[0]
     assert all(name in option.help for name in NAMES)
     with pytest.raises(settings.SettingsError, match="dind, uml, machine, attach, ssh"):

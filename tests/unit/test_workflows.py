@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 import yaml
 
-from pytest_swarm.settings import OPTIONS
+from pytest_swarm.options import OPTIONS
 
 ROOT = Path(__file__).resolve().parents[2]
 WORKFLOWS = sorted((ROOT / ".github" / "workflows").glob("*.yml"))
