@@ -70,7 +70,9 @@ class Requirement:
             services = list(stack.roles.get(role) or [])
             if not services:
                 problems.append(
-                    f"no service plays {role}; name it with the ini key swarm_roles = {role}=SERVICE"
+                    f"no service plays {role} in the compose files given; one declared in another "
+                    "compose file joins with --swarm-stacks (ini swarm_stacks), one named otherwise "
+                    f"with the ini key swarm_roles = {role}=SERVICE"
                 )
             chosen += services
         return chosen, problems

@@ -258,7 +258,8 @@ def test_a_missing_role_says_how_to_map_it() -> None:
     model["services"]["web"] = model["services"].pop("ui")
     model["services"]["web"]["image"] = "reddit/web:1.0"
     problems = failing(declared(model))
-    assert "no service plays ui; name it with the ini key swarm_roles = ui=SERVICE" in problems["L03"]
+    (missing,) = [p for p in problems["L03"] if p.startswith("no service plays ui ")]
+    assert "--swarm-stacks" in missing and "swarm_roles = ui=SERVICE" in missing
     assert "L03" not in failing(declared(model, raw={"web": GOOD_RAW["ui"]}, roles={"ui": "web"}))
 
 
