@@ -20,6 +20,9 @@ from typing import Any
 
 SESSION_LABEL = "io.pytest-swarm.session"
 OWNER_LABEL = "io.pytest-swarm.owner"
+# The run root whose records (kept or not, its folder) speak for the resource: a sweep under
+# another root must not judge it (it can't see that it is kept).
+ROOT_LABEL = "io.pytest-swarm.root"
 RUN_ROOT_ENV = "PYTEST_SWARM_RUN_ROOT"  # where run folders go instead of <tmp>/pytest-swarm
 CGROUP_ROOT = Path("/sys/fs/cgroup")
 CGROUP_PREFIX = "pytest-swarm-"
@@ -40,6 +43,12 @@ def run_root() -> Path:
     Keep it short: the dind nodes' sockets are under it (a unix socket path has at most 107 bytes).
     """
     return Path(os.environ.get(RUN_ROOT_ENV) or Path(tempfile.gettempdir()) / "pytest-swarm")
+
+
+def recorded_here(labels: dict[str, str]) -> bool:
+    """Whether a labelled resource's records live under this process's run root (resources
+    made before the root was labelled count as this root's)."""
+    return labels.get(ROOT_LABEL, str(run_root())) == str(run_root())
 
 
 def boot_id() -> str:
@@ -88,7 +97,7 @@ class Session:
 
     @property
     def labels(self) -> dict[str, str]:
-        return {SESSION_LABEL: self.id, OWNER_LABEL: self.owner}
+        return {SESSION_LABEL: self.id, OWNER_LABEL: self.owner, ROOT_LABEL: str(run_root())}
 
     @property
     def run_dir(self) -> Path:

@@ -32,6 +32,7 @@ from ..ownership import (
     cgroup_dirs,
     is_kept,
     owner_alive,
+    recorded_here,
     remove_cgroup_tree,
     remove_run_dir,
     stale_run_dirs,
@@ -318,7 +319,8 @@ def sweep(client: docker.DockerClient, progress: images.Progress) -> list[str]:
     """Remove what earlier runs left: their owner is gone and they were not kept."""
     owners: dict[str, str] = {}
     for _kind, _ref, labels in labelled(client, SESSION_LABEL):
-        owners.setdefault(labels.get(SESSION_LABEL, ""), labels.get(OWNER_LABEL, ""))
+        if recorded_here(labels):  # another run root's sessions are its own sweep's to judge
+            owners.setdefault(labels.get(SESSION_LABEL, ""), labels.get(OWNER_LABEL, ""))
     stale = {sid for sid, owner in owners.items() if sid and not is_kept(sid) and not owner_alive(owner)}
     stale |= set(stale_run_dirs(unless_holding=(UML_STATE_FILE, MACHINE_STATE_FILE, SSH_STATE_FILE)))
     for sid in sorted(stale):

@@ -26,6 +26,20 @@ def test_session_labels_and_names() -> None:
     assert session.prefix == f"pswarm-{session.id}"
 
 
+def test_a_resource_is_judged_only_under_the_run_root_that_made_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A sweep under one run root can't see another root's kept records: it leaves its things."""
+    monkeypatch.setenv(ownership.RUN_ROOT_ENV, str(tmp_path / "a"))
+    labels = Session.new().labels
+    assert labels[ownership.ROOT_LABEL] == str(tmp_path / "a")
+    assert ownership.recorded_here(labels)
+    monkeypatch.setenv(ownership.RUN_ROOT_ENV, str(tmp_path / "b"))
+    assert not ownership.recorded_here(labels)
+    older = {ownership.SESSION_LABEL: "s", ownership.OWNER_LABEL: "o"}  # made before the root label
+    assert ownership.recorded_here(older)
+
+
 def test_kept_record_round_trip(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv(ownership.RUN_ROOT_ENV, str(tmp_path / "run"))
     rootdir = tmp_path / "project"
