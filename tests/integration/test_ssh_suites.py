@@ -1,0 +1,82 @@
+"""This repository's suites through ``--swarm-provider=ssh`` on bare UML hosts (booted by
+``pytest_swarm.providers.uml_bare``: sshd and dockerd, no swarm, no images), as a team runs
+them on hosts of its own; afterwards nothing the run made is left on them. Skipped, with the
+reason, where this host can't run UML nodes."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import xml.etree.ElementTree as ET
+from collections.abc import Iterator
+from pathlib import Path
+
+import docker
+import pytest
+from test_ssh_provider import NAMES, _session_of, _skip_reason, leftovers, run_root
+
+from pytest_swarm.providers.uml_bare import BareHosts
+
+__all__ = ["run_root"]  # the fixture, shared with test_ssh_provider.py
+pytestmark = pytest.mark.skipif(bool(_skip_reason()), reason=_skip_reason() or "-")
+
+
+REPOSITORY = Path(__file__).resolve().parents[2]
+# This repository's suites that hold on any hosts (test_scaling skips: the ssh provider can't
+# add nodes). Not test_updates: on these UML hosts (3 kernels on 2 cores) an update's new and
+# restored tasks fail their 3 s healthchecks while the three services roll at once (seen
+# 2026-11-30: rolled back, "unhealthy container" on 1.0 and 1.0-next alike), which says the
+# hosts are slow, not how ssh reaches them; not test_environments: two stacks don't fit.
+SUITES = [
+    "test_requirements",
+    "test_cluster",
+    "test_placement",
+    "test_replicas",
+    "test_limits",
+    "test_restart",
+    "test_infra",
+    "test_mesh",
+    "test_app",
+]
+
+
+@pytest.fixture(scope="module")
+def hosts(run_root: Path, engine: docker.DockerClient) -> Iterator[BareHosts]:
+    """Bare UML hosts of this module's own: the other module's tests take back what their runs
+    made, and their timings should not depend on what a whole suite run left before them."""
+    with BareHosts(NAMES, local=engine) as bare:
+        bare.boot()
+        yield bare
+
+
+def test_the_lessons_suites_pass_over_ssh_and_leave_nothing(
+    hosts: BareHosts, run_root: Path, tmp_path: Path
+) -> None:
+    """This repository's reddit stack, its images copied over ssh, checked by the suites as a
+    team would run them on its own hosts; the IPVS ones (the routing mesh, VIPs) run, since
+    these kernels have it."""
+    junit = tmp_path / "suites.xml"
+    listed = "\n".join(f"{name}=root@{hosts.addresses[name]}" for name in NAMES)
+    argv = [
+        sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-q", "-rs",
+        "--swarm-env=dev", "--swarm-provider=ssh", "-o", f"swarm_ssh_hosts={listed}",
+        f"--swarm-ssh-key={hosts.key_file}", f"--swarm-ssh-config={hosts.ssh_config}",
+        f"--junitxml={junit}", *(f"acceptance/{suite}.py" for suite in SUITES),
+    ]  # fmt: skip
+    run = subprocess.run(
+        argv,
+        cwd=REPOSITORY,
+        capture_output=True,
+        text=True,
+        timeout=1800,
+    )
+    output = run.stdout + run.stderr
+    assert run.returncode == 0, output[-6000:]
+    passed = {
+        f"{case.get('classname')}::{case.get('name')}"
+        for case in ET.parse(junit).getroot().iter("testcase")
+        if not any(child.tag in ("skipped", "failure", "error") for child in case)
+    }
+    for ipvs in ("test_mesh", "test_app"):
+        assert any(f".{ipvs}::" in name for name in passed), f"no {ipvs} test passed:\n{output[-3000:]}"
+    assert leftovers(hosts, run_root, _session_of(output)) == []
