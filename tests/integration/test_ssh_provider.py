@@ -351,7 +351,7 @@ def test_ctrl_c_during_a_run_takes_back_what_the_run_made(
     """SIGINT while the run is held in its last test (its stack up): the swarm, labels, stack and
     connections it made go. Sent only once the hold began: a SIGINT that reached the run while
     a test ran commands on the hosts over ssh was not acted on within 180 s (twice in 2026-11-30's
-    runs; the run then finished that test and slept in the next): an open bug, see the note."""
+    runs; the run then finished that test and slept in the next): an open bug."""
     known = _sessions(run_root)
     marker = tmp_path / "deployed"
     run = _start_run(project, hosts, marker)
