@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import os
 import shutil
-from collections.abc import Callable
+import subprocess
+import sys
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 import docker
 import pytest
@@ -15,6 +18,13 @@ from pytest_swarm.ownership import SESSION_LABEL, cgroup_dirs, run_root
 PROJECT = Path(__file__).parent / "project"
 # The project folder is what the pytester runs copy and run with their own options.
 collect_ignore = ["project"]
+# ``python -m pytest`` that hears Ctrl-C whatever it inherited: a process started in the
+# background of a non-interactive shell (`cmd &` in a script) inherits SIGINT ignored, and Python
+# then leaves it ignored, so a test's SIGINT would be lost and the run would go on to its end.
+PYTEST_HEARING_CTRL_C = (
+    "import signal, sys, pytest; signal.signal(signal.SIGINT, signal.default_int_handler); "
+    "sys.exit(pytest.console_main())"
+)
 
 
 @pytest.fixture(scope="session")
@@ -56,3 +66,15 @@ def project(pytester: pytest.Pytester) -> pytest.Pytester:
 def leftovers() -> Callable[..., list[str]]:
     """``leftovers(engine, session_id=None)``: what pytest-swarm left, by kind and name."""
     return find_leftovers
+
+
+def start_pytest(args: Sequence[str], cwd: Path, **popen: Any) -> subprocess.Popen[bytes]:
+    """``python -m pytest ARGS`` in ``cwd``, in the background, answering SIGINT as a run started
+    from a terminal does (the Ctrl-C tests send it one)."""
+    return subprocess.Popen([sys.executable, "-c", PYTEST_HEARING_CTRL_C, *args], cwd=cwd, **popen)
+
+
+@pytest.fixture
+def background_pytest() -> Callable[..., subprocess.Popen[bytes]]:
+    """``background_pytest(args, cwd, **popen)``: see start_pytest."""
+    return start_pytest

@@ -109,10 +109,13 @@ def known_sessions(engine: docker.DockerClient) -> set[str]:
     return {c["Labels"][SESSION_LABEL] for c in listed}
 
 
-def start_run(project: pytest.Pytester) -> subprocess.Popen[bytes]:
-    return subprocess.Popen(
-        [sys.executable, "-m", "pytest", "--swarm-env=small", "-p", "no:randomly"],
-        cwd=project.path,
+StartPytest = Callable[..., subprocess.Popen[bytes]]
+
+
+def start_run(project: pytest.Pytester, start: StartPytest) -> subprocess.Popen[bytes]:
+    return start(
+        ["--swarm-env=small", "-p", "no:randomly"],
+        project.path,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
@@ -120,10 +123,14 @@ def start_run(project: pytest.Pytester) -> subprocess.Popen[bytes]:
 
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
 def test_interrupted_while_starting_leaves_nothing(
-    project: pytest.Pytester, engine: docker.DockerClient, leftovers: Leftovers, sig: signal.Signals
+    project: pytest.Pytester,
+    engine: docker.DockerClient,
+    leftovers: Leftovers,
+    background_pytest: StartPytest,
+    sig: signal.Signals,
 ) -> None:
     known = known_sessions(engine)
-    run = start_run(project)
+    run = start_run(project, background_pytest)
     try:
         session = wait_for_containers(engine, known)
         run.send_signal(sig)
@@ -132,13 +139,14 @@ def test_interrupted_while_starting_leaves_nothing(
         if run.poll() is None:
             run.kill()
             run.wait()
+    assert run.returncode == pytest.ExitCode.INTERRUPTED  # not a run that went on to its end
     assert leftovers(engine, session) == []
 
 
-def killed_run(project: pytest.Pytester, engine: docker.DockerClient) -> str:
+def killed_run(project: pytest.Pytester, engine: docker.DockerClient, start: StartPytest) -> str:
     """Start a run, SIGKILL it once its node containers exist (no cleanup can run); its session."""
     known = known_sessions(engine)
-    run = start_run(project)
+    run = start_run(project, start)
     try:
         return wait_for_containers(engine, known)
     finally:
@@ -147,9 +155,12 @@ def killed_run(project: pytest.Pytester, engine: docker.DockerClient) -> str:
 
 
 def test_killed_run_is_swept_by_the_next(
-    project: pytest.Pytester, engine: docker.DockerClient, leftovers: Leftovers
+    project: pytest.Pytester,
+    engine: docker.DockerClient,
+    leftovers: Leftovers,
+    background_pytest: StartPytest,
 ) -> None:
-    session = killed_run(project, engine)
+    session = killed_run(project, engine, background_pytest)
     assert leftovers(engine, session)
     result = project.runpytest_subprocess("--swarm-env=small", "test_small_stack.py::test_cluster_shape")
     result.assert_outcomes(passed=1)
@@ -183,10 +194,13 @@ def test_expects_too_many(swarm_stack):
 
 
 def test_killed_run_is_removed_by_the_sweep_command(
-    project: pytest.Pytester, engine: docker.DockerClient, leftovers: Leftovers
+    project: pytest.Pytester,
+    engine: docker.DockerClient,
+    leftovers: Leftovers,
+    background_pytest: StartPytest,
 ) -> None:
     """What the nightly workflow's teardown runs (``python -m pytest_swarm sweep``) after a kill."""
-    session = killed_run(project, engine)
+    session = killed_run(project, engine, background_pytest)
     assert leftovers(engine, session)
     swept = subprocess.run(
         [sys.executable, "-m", "pytest_swarm", "sweep"], capture_output=True, text=True, timeout=300
@@ -214,15 +228,18 @@ def read_until(run: subprocess.Popen[bytes], pattern: str, timeout: float) -> tu
 
 
 def test_ctrl_c_in_the_middle_of_a_disruptive_scenario_leaves_nothing(
-    project: pytest.Pytester, engine: docker.DockerClient, leftovers: Leftovers
+    project: pytest.Pytester,
+    engine: docker.DockerClient,
+    leftovers: Leftovers,
+    background_pytest: StartPytest,
 ) -> None:
     """SIGINT while a worker of the resilience suite's own cluster is down: the run ends, and
     every container, network, volume and folder of each session it made is gone."""
     known = known_sessions(engine)
     suite = ["--pyargs", "pytest_swarm.acceptance.test_resilience", "-k", "killed_worker"]
-    run = subprocess.Popen(
-        [sys.executable, "-m", "pytest", "--swarm-env=small", "-p", "no:randomly", "-s", *suite],
-        cwd=project.path,
+    run = background_pytest(
+        ["--swarm-env=small", "-p", "no:randomly", "-s", *suite],
+        project.path,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         env={**os.environ, "PYTHONUNBUFFERED": "1"},
