@@ -188,9 +188,9 @@ class Figure:
     scenario: str
     what: str
     value: float
-    unit: str = "s"  # "s", or what is counted ("failed requests")
+    unit: str = "s"  # "s", or what is counted ("connections")
     deadline: Deadline | None = None  # None: reported, held to nothing
-    note: str = ""  # e.g. "of 240 requests"
+    note: str = ""  # e.g. "of 240"
 
     @property
     def held(self) -> bool | None:
@@ -308,7 +308,7 @@ class Seen:
     problems: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     moves: list[str] = field(default_factory=list)
-    # "survivor:port" -> (seconds from the start, answered) of each request while a worker was lost
+    # "survivor:port" -> (seconds from the start, accepted) of each connection while a worker was lost
     answers: dict[str, list[tuple[float, bool]]] | None = None
     end: float = 0.0  # seconds from the scenario's start when the answers were last looked at
 
