@@ -407,7 +407,7 @@ class Prober:
         self.survivors = survivors
         self.seen = seen
         seen.answers = {f"{name}:{port}": [] for name in survivors for port in self.ports}
-        limit = 4 * (runner.timers.node_down().seconds + resilience.TASK_START) + runner.settings.timeout
+        limit = 4 * (runner.timers.node_down().seconds + runner.view.start.seconds) + runner.settings.timeout
         self.together: Together[str, None] = Together(
             {"probe": partial(self._loop, limit)}, name="probe", start=False
         )
