@@ -9,6 +9,7 @@ container's hostname is the first 12 characters of its container id.
 from __future__ import annotations
 
 import re
+import socket
 import time
 from collections import Counter
 from collections.abc import Iterable, Sequence
@@ -59,6 +60,18 @@ def probe(address: str, port: int, count: int, timeout: float = 3.0, path: str =
         parsed = parse_page(response.text) or ("", "")
         answers.append(Answer(response.status_code, env=parsed[0], host=parsed[1]))
     return answers
+
+
+def connects(address: str, port: int, timeout: float) -> bool:
+    """Whether a TCP connection to ``address:port`` is accepted within ``timeout`` seconds.
+    Through the routing mesh only a live task accepts one (one on a lost node times out, a port
+    with no task left refuses), whatever protocol it speaks and however slowly it then answers;
+    nothing is sent, so the check adds no load to the service."""
+    try:
+        with socket.create_connection((address, port), timeout=timeout):
+            return True
+    except OSError:
+        return False
 
 
 def first_answer(address: str, port: int, timeout: float = READY_TIMEOUT, path: str = "/") -> Answer:

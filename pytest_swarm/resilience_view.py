@@ -15,7 +15,7 @@ import docker
 import docker.errors
 
 from . import declared, disruption, resilience
-from .cluster import STACK_LABEL, Cluster, Node, Service
+from .cluster import STACK_LABEL, Cluster, Node, Service, seconds
 from .network_join import stalls_on_parallel_joins
 from .placement import eligible
 from .stack import DeployedStack
@@ -37,6 +37,8 @@ class StackView:
         self.managers = managers
         # a replacement counts as running once its first healthcheck passed: read once, up front
         self.health = {name: self._health(name) for name in stack.declared_services}
+        # how long a task takes to start on these nodes, as the deploy just showed
+        self.start = resilience.task_start(self._slowest_start())
 
     def _health(self, name: str) -> declared.Healthcheck | None:
         image = str(self.stack.declared(name).get("image", ""))
@@ -45,6 +47,18 @@ class StackView:
         except docker.errors.DockerException:
             config = {}
         return declared.healthcheck(self.stack.declared(name), config)
+
+    def _slowest_start(self) -> float:
+        """The longest any running task of the stack took from created to running."""
+        return max(
+            (
+                seconds(t.timestamp) - seconds(t.created_at)
+                for service in self.services().values()
+                for t in service.running_tasks()
+                if t.timestamp and t.created_at
+            ),
+            default=0.0,
+        )
 
     # -- the nodes, services and tasks -------------------------------------------------------------
     def nodes(self) -> dict[str, Node]:
@@ -189,7 +203,7 @@ class StackView:
     def restored(self, hit: Counter[str], drained: bool = False) -> tuple[str, resilience.Deadline]:
         """The longest replacement of the services that had tasks where the disruption hit."""
         return resilience.longest(
-            (name, resilience.replacement(self.stack.declared(name), self.health[name], drained))
+            (name, resilience.replacement(self.stack.declared(name), self.health[name], drained, self.start))
             for name, count in hit.items()
             if count and name in self.replicated()
         )
@@ -200,7 +214,7 @@ class StackView:
         target = self.nodes()[node]
         services = self.services()
         deadline = resilience.longest(
-            (name, resilience.replacement(self.stack.declared(name), self.health[name]))
+            (name, resilience.replacement(self.stack.declared(name), self.health[name], start=self.start))
             for name in self.globals()
             if eligible([target.facts()], services[name].constraints)
         )[1]

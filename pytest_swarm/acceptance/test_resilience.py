@@ -7,7 +7,8 @@ node Ready/Active, the stack converged) for the next:
 1. a worker is killed (not drained, not left): the manager marks it Down; every replicated
    service is back to its declared count on the survivors; its constraints still hold (a
    service that only the lost node could run stays pending, and the report says so); where
-   the nodes have IPVS, the published ports answer on every survivor throughout;
+   the nodes have IPVS, the published ports answer (a task accepts the connection) on every
+   survivor throughout;
 2. the worker comes back: Ready again, its global tasks return, no replica moves back to it;
 3. a worker is drained: it runs no task, the replicated counts hold; set active again, its
    global tasks return;
@@ -154,10 +155,12 @@ def test_the_published_ports_answer_on_every_survivor_while_a_worker_is_lost(
     request: pytest.FixtureRequest, disruptions: Disruptions
 ) -> None:
     seen = checked(request, disruptions)
-    assert seen.answers is not None, "no request was sent while the worker was lost"
+    assert seen.answers is not None, "no connection was tried while the worker was lost"
     sent = sum(len(a) for a in seen.answers.values())
     failed = sum(1 for a in seen.answers.values() for _, ok in a if not ok)
-    figure = resilience.Figure("worker lost", "failed requests during", failed, "requests", note=f"of {sent}")
+    figure = resilience.Figure(
+        "worker lost", "refused or timed-out connections during", failed, "connections", note=f"of {sent}"
+    )
     disruption.record_figure(request.node, figure)
     down = disruptions.timers.node_down()
     silent = {
@@ -165,9 +168,11 @@ def test_the_published_ports_answer_on_every_survivor_while_a_worker_is_lost(
         for node, answers in seen.answers.items()
     }
     quiet = {where: round(s, 1) for where, s in silent.items() if s > down.seconds}
-    print(f"worker lost: {failed} of {sent} requests failed; longest silence per survivor and port {silent}")
+    print(
+        f"worker lost: {failed} of {sent} connections failed; longest silence per survivor and port {silent}"
+    )
     assert not quiet, (
-        f"{failed} of {sent} requests failed; survivors' ports that answered nothing for longer than "
+        f"{failed} of {sent} connections failed; survivors' ports that accepted none for longer than "
         f"swarm takes to mark a node Down ({down.seconds:.1f} s): {quiet}"
     )
 

@@ -212,7 +212,9 @@ def test_a_restarted_nodes_global_tasks_may_wait_out_an_overlay_join_stall_on_ol
             "Description": {"Hostname": name, "Engine": {"EngineVersion": version}},
         }
 
-    api = SimpleNamespace(services=lambda **_: [{"ID": "s1", "Spec": {"Name": "DEV_exporter"}}])
+    api = SimpleNamespace(
+        services=lambda **_: [{"ID": "s1", "Spec": {"Name": "DEV_exporter"}}], tasks=lambda **_: []
+    )
     managers = SimpleNamespace(
         nodes=lambda: [
             Node(node("n1", "worker-1", "20.10.24+dfsg1")),

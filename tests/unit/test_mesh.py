@@ -7,7 +7,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from pytest_swarm.mesh import Answer, analyse, first_answer, parse_page, probe
+from pytest_swarm.mesh import Answer, analyse, connects, first_answer, parse_page, probe
 
 
 def answers(*hosts: str, failures: int = 0) -> list[Answer]:
@@ -113,3 +113,12 @@ def test_first_answer_gives_up_after_its_timeout() -> None:
     got = first_answer("127.0.0.1", 1, timeout=1)
     assert got.status == 0 and got.error == "ConnectionError"
     assert time.monotonic() - started < 4
+
+
+def test_a_port_answers_when_a_connection_is_accepted_whatever_is_then_said() -> None:
+    with socket.socket() as listening:
+        listening.bind(("127.0.0.1", 0))
+        listening.listen()
+        port = listening.getsockname()[1]
+        assert connects("127.0.0.1", port, timeout=1.0)  # nothing accepted in code, nothing sent
+    assert not connects("127.0.0.1", port, timeout=1.0)  # closed: refused

@@ -183,3 +183,17 @@ def test_task_moves_show_each_place_with_its_tasks_in_order() -> None:
 def test_stop_grace_period_is_declared_or_the_engines() -> None:
     assert declared.stop_grace_period({"stop_grace_period": "30s"}) == 30.0
     assert declared.stop_grace_period({}) == 10.0
+
+
+def test_a_task_gets_as_long_to_start_as_the_deploy_took_where_the_nodes_are_slower() -> None:
+    assert (
+        resilience.task_start(9.3)
+        == resilience.task_start()
+        == resilience.Deadline(resilience.TASK_START, "a task's start 20 s")
+    )
+    slow = resilience.task_start(61.2)  # UML: the deploy's slowest task, created to running
+    assert slow.seconds == 62
+    assert slow.basis == "a task's start as slow as the deploy's slowest 62 s"
+    got = resilience.replacement({}, None, start=slow)
+    assert got.seconds == pytest.approx(5 + 62)
+    assert got.basis == "restart delay 5 s + a task's start as slow as the deploy's slowest 62 s"
