@@ -187,12 +187,15 @@ class Asking(Generic[T]):
 class Managers:
     """The cluster's managers, asked in turn: the first whose engine answers as a manager
     within ``answer_within`` seconds is used (a disruptive check kills managers, master-1
-    among them, and a manager without a leader holds calls)."""
+    among them, and a manager without a leader holds calls). They are asked again until one
+    answers or ``patience`` seconds pass: a live manager busy starting tasks on slow nodes
+    (UML) took over a second to list the nodes."""
 
-    def __init__(self, cluster: Cluster, answer_within: float = 1.0) -> None:
+    def __init__(self, cluster: Cluster, answer_within: float = 1.0, patience: float = 10.0) -> None:
         self.cluster = cluster
         self.names = [n.name for n in cluster.nodes() if n.role == "manager"]
         self.answer_within = answer_within
+        self.patience = patience
         self.last_error = ""
         self.pool = ThreadPoolExecutor(max_workers=8 * (len(self.names) + 1), thread_name_prefix="swarm-ask")
         self._pools = [self.pool]
@@ -209,31 +212,38 @@ class Managers:
         self._pools.append(pool)
         return Asking(call, pool, every=every, most=most)
 
-    def _answer(self, exclude: Sequence[str]) -> tuple[docker.DockerClient, list[dict[str, Any]]]:
-        for name in (n for n in self.names if n not in exclude):
-            engine = self.cluster.engines.get(name)
-            if engine is None:
-                continue
-            asking = self._asking.setdefault(name, Asking(engine.api.nodes, self.pool))
-            answer = asking.look(self.answer_within)
-            if answer is None:
-                self.last_error = f"{name}: no answer within {self.answer_within:g} s"
-            elif answer.error is not None:
-                self.last_error = f"{name}: {_explained(answer.error)}"
-            elif answer.value is not None:
-                return engine, answer.value
-        raise SwarmError(f"no manager answers (last: {self.last_error or 'none reached'})")
+    def _answer(
+        self, exclude: Sequence[str], patience: float | None
+    ) -> tuple[docker.DockerClient, list[dict[str, Any]]]:
+        until = time.monotonic() + (self.patience if patience is None else patience)
+        while True:
+            for name in (n for n in self.names if n not in exclude):
+                engine = self.cluster.engines.get(name)
+                if engine is None:
+                    continue
+                asking = self._asking.setdefault(name, Asking(engine.api.nodes, self.pool))
+                answer = asking.look(self.answer_within)
+                if answer is None:
+                    self.last_error = f"{name}: no answer within {self.answer_within:g} s"
+                elif answer.error is not None:
+                    self.last_error = f"{name}: {_explained(answer.error)}"
+                elif answer.value is not None:
+                    return engine, answer.value
+            if time.monotonic() >= until:
+                raise SwarmError(f"no manager answers (last: {self.last_error or 'none reached'})")
+            time.sleep(0.1)  # every manager refused at once (a killed one): not a busy loop
 
-    def client(self, exclude: Sequence[str] = ()) -> docker.DockerClient:
-        """A manager's client that answered just now.
+    def client(self, exclude: Sequence[str] = (), patience: float | None = None) -> docker.DockerClient:
+        """A manager's client that answered just now (asked for ``patience`` seconds at most,
+        default the object's).
 
         Raises:
             SwarmError: none answers; says what the last one said.
         """
-        return self._answer(exclude)[0]
+        return self._answer(exclude, patience)[0]
 
-    def nodes(self, exclude: Sequence[str] = ()) -> list[Node]:
-        return sorted((Node(raw) for raw in self._answer(exclude)[1]), key=lambda n: n.name)
+    def nodes(self, exclude: Sequence[str] = (), patience: float | None = None) -> list[Node]:
+        return sorted((Node(raw) for raw in self._answer(exclude, patience)[1]), key=lambda n: n.name)
 
     def leader(self, exclude: Sequence[str] = ()) -> str:
         """The leader as a manager that answers sees it ("" when it sees none)."""
@@ -325,7 +335,7 @@ class Recorder:
         """One look (also called by the thread)."""
         now = time.monotonic()
         try:
-            client = self.managers.client()
+            client = self.managers.client(patience=0)  # silent managers are a state it records
             nodes = client.api.nodes()
             tasks = client.api.tasks(filters={"desired-state": "running"})
             services = {

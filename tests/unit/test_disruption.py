@@ -8,7 +8,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from types import SimpleNamespace
-from typing import Any
+from typing import Any, cast
 
 import pytest
 
@@ -99,7 +99,8 @@ class FakeManagers:
     def __init__(self, api: Any) -> None:
         self.api = api
 
-    def client(self) -> Any:
+    def client(self, patience: float | None = None) -> Any:
+        assert patience == 0, "the recorder records silent managers as they are, waiting for none"
         if self.api is None:
             raise SwarmError("no manager answers (last: master-1: connection refused)")
         return SimpleNamespace(api=self.api)
@@ -231,3 +232,23 @@ def test_a_restarted_nodes_global_tasks_may_wait_out_an_overlay_join_stall_on_ol
     assert view.global_deadline("worker-1").seconds == start
     assert view.global_deadline("worker-1", restarted=True).seconds == start + resilience.BULK_SYNC_TIMEOUT
     assert view.global_deadline("worker-2", restarted=True).seconds == start
+
+
+def test_a_manager_slower_than_a_second_still_answers_within_the_patience() -> None:
+    def slow_nodes() -> list[dict[str, Any]]:
+        time.sleep(1.5)  # a busy manager on slow nodes
+        return [raw_node("n1", "master-1", "ready")]
+
+    engine = SimpleNamespace(api=SimpleNamespace(nodes=slow_nodes))
+    cluster = SimpleNamespace(
+        nodes=lambda: [SimpleNamespace(name="master-1", role="manager")], engines={"master-1": engine}
+    )
+    managers = disruption.Managers(cast(Any, cluster), answer_within=1.0, patience=5.0)
+    try:
+        with pytest.raises(SwarmError, match="master-1: no answer within 1 s"):
+            managers.nodes(patience=0)
+        started = time.monotonic()
+        assert [n.name for n in managers.nodes()] == ["master-1"]
+        assert time.monotonic() - started < 3
+    finally:
+        managers.close()
