@@ -205,7 +205,10 @@ class DindProvider(LocalNodes):
         return engine
 
     def _why_dead(self, container_id: str, node: str) -> str:
-        state = self.client.api.inspect_container(container_id)["State"]
+        try:
+            state = self.client.api.inspect_container(container_id)["State"]
+        except docker.errors.NotFound:  # removed by a Ctrl-C's down(): this start ends now
+            return "node container removed while it started"
         if state["Running"]:
             return ""
         return f"node container exited ({state['ExitCode']}); its dockerd log:\n{self.log_tail(node)}"
