@@ -8,6 +8,7 @@ The work lives in lifecycle.py (cluster and stacks), fixtures.py (what tests rec
 from __future__ import annotations
 
 import os
+import shlex
 import signal
 from collections.abc import Callable
 from contextlib import nullcontext
@@ -311,10 +312,17 @@ def _junit_suite_property(config: pytest.Config) -> Any:
     return None
 
 
+def _dist_chosen(config: pytest.Config) -> bool:
+    """Whether the user chose xdist's distribution (``--dist``): theirs is kept."""
+    given = [*config.invocation_params.args, *shlex.split(os.environ.get("PYTEST_ADDOPTS", ""))]
+    return any(str(arg).startswith("--dist") for arg in [*given, *config.getini("addopts")])
+
+
 @pytest.hookimpl(optionalhook=True)
 def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
-    """Under pytest-xdist, whole test files go to a worker (see workers.py)."""
-    if not _asked(config):
+    """Under pytest-xdist, whole test files go to a worker (see workers.py), unless ``--dist``
+    says otherwise (tests that share nothing of a worker's cluster, say)."""
+    if not _asked(config) or _dist_chosen(config):
         return None
     from xdist.scheduler import LoadFileScheduling  # only where xdist runs this hook
 

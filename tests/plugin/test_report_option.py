@@ -225,6 +225,31 @@ def test_b():
     result.stdout.fnmatch_lines(["*gw?: test_one ran here*"])
 
 
+WHERE = """
+import os
+
+def test_a():
+    print("ran on", os.environ["PYTEST_XDIST_WORKER"])
+
+def test_b():
+    print("ran on", os.environ["PYTEST_XDIST_WORKER"])
+"""
+
+
+def test_under_xdist_a_file_goes_to_one_worker_unless_dist_says_otherwise(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile(test_where=WHERE)
+
+    def workers(*args: str) -> set[str]:
+        result = pytester.runpytest_subprocess(
+            "-n", "2", "-p", "no:randomly", "-rP", "--swarm-timeout=60", *args
+        )
+        result.assert_outcomes(passed=2)
+        return {line.split()[-1] for line in result.outlines if line.startswith("ran on gw")}
+
+    assert len(workers()) == 1  # the tests of a module share what its fixtures start
+    assert workers("--dist", "load") == {"gw0", "gw1"}
+
+
 def test_under_xdist_keeping_a_cluster_is_a_usage_error(pytester: pytest.Pytester) -> None:
     pytester.makepyfile("def test_x(): pass")
     result = pytester.runpytest_subprocess("-n", "2", "--swarm-keep=on-failure")
