@@ -7,19 +7,22 @@ test must pass. A finding missed, a failure not expected or a skip not allowed f
 
 The stacks run one after the other, as a user runs ``pytest --pyargs pytest_swarm.acceptance``
 in the stack's folder, from a wheel of this project installed in a fresh venv (nothing of this
-repository but the wheel), on one dind cluster: the first run keeps it
-(``--swarm-keep=always``), the others reuse it (``--swarm-reuse``), each run's stacks are
-removed before the next, and the venv's ``pytest-swarm down`` removes the cluster at the end.
+repository but the wheel), on one dind cluster (one per worker under ``-n 2 --dist load``, as
+CI runs it): the first run keeps it (``--swarm-keep=always``), the others reuse it
+(``--swarm-reuse``), each run's stacks are removed before the next, and the venv's
+``pytest-swarm down`` removes the cluster at the end.
 """
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import re
 import shutil
 import subprocess
 import sys
+import tempfile
 import xml.etree.ElementTree as ET
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -113,10 +116,13 @@ def run(command: list[str], **how: Any) -> subprocess.CompletedProcess[str]:
 def venv(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A fresh venv holding the wheel of this project (built here) and what it depends on."""
     root = tmp_path_factory.mktemp("wheel")
-    run(
-        [sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(root), str(REPOSITORY)],
-        timeout=300,
-    )
+    # setuptools builds in the repository's build/: two xdist workers must not build at once
+    with open(Path(tempfile.gettempdir()) / "pytest-swarm-tests-wheel.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        run(
+            [sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(root), str(REPOSITORY)],
+            timeout=300,
+        )
     (wheel,) = root.glob("pytest_swarm-*.whl")
     run([sys.executable, "-m", "venv", str(root / "venv")], timeout=120)
     run([str(root / "venv/bin/pip"), "install", "-q", "--disable-pip-version-check", str(wheel)], timeout=600)
