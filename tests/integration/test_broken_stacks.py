@@ -95,9 +95,10 @@ def test_a_constraint_no_node_meets_fails_that_service_by_name(pytester: pytest.
     def mistake(services: Compose) -> None:
         services["mongo"]["deploy"]["placement"]["constraints"] = ["node.labels.reliability == ultra"]
 
-    # The default timeout: mongo never converges, so the run waits all of it, and the others must
-    # be up by then (30 s was too short once in CI: comment and post were still starting).
-    found = failures(team_repository(pytester, mistake), *SUITES)
+    # mongo never converges, so the run waits all of its timeout, and the others must be up by
+    # then: 60 s (they converge in ~10 s; 30 s was too short once in CI, comment and post still
+    # starting), not the default 120 s.
+    found = failures(team_repository(pytester, mistake), "--swarm-timeout=60", *SUITES)
     assert sorted(found) == sorted(
         [
             "test_declared_replicas_are_running[mongo]",
