@@ -17,7 +17,7 @@ Example::
 
 from __future__ import annotations
 
-from . import compose, declared, disruption, mesh, resilience
+from . import compose, declared, disruption, mesh, resilience, rolling
 from .capabilities import FEATURES, judged_on
 from .cluster import STACK_LABEL, Cluster, Node, Service, Task, seconds
 from .commands import run_docker
@@ -96,6 +96,7 @@ __all__ = [
     "remove_all",
     "render",
     "resilience",
+    "rolling",
     "run_docker",
     "satisfies",
     "seconds",

@@ -21,11 +21,9 @@ first its original image with every task replaced at once, then its declared upd
 from __future__ import annotations
 
 import copy
-import math
 import threading
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from functools import partial
 from pathlib import Path
@@ -33,7 +31,6 @@ from typing import Any
 
 import docker
 import pytest
-import yaml
 
 from pytest_swarm import (
     FEATURES,
@@ -43,14 +40,13 @@ from pytest_swarm import (
     Poll,
     Service,
     SwarmLifecycle,
-    Task,
     Together,
     declared,
     lifecycle_of,
     mesh,
     remove_all,
+    rolling,
     run_docker,
-    seconds,
     selected_params,
     show_on_failure,
     variant_ref,
@@ -58,9 +54,7 @@ from pytest_swarm import (
     wait_for,
 )
 
-START_ALLOWANCE = 20.0  # seconds a new task gets to start, beyond its first healthcheck
 DONE = ("completed", "paused", "rollback_completed", "rollback_paused")
-ENDED = ("shutdown", "failed", "complete", "rejected", "orphaned", "remove")  # a task's last states
 ROLL = "test_rolling_update_follows_update_config"
 TRAFFIC = "test_the_published_port_keeps_answering_during_an_update"
 FAIL = "test_a_failing_version_is_rolled_back_or_paused"
@@ -73,7 +67,6 @@ FAILING_HEALTH_FLAGS = ["--health-cmd", "exit 1", "--health-interval", "2s", "--
 FAILING_HEALTH_FLAGS += ["--health-retries", "1", "--health-start-period", "0s"]
 MUTABLE_TAGS = ("", "latest")
 
-Wait = tuple[float, str]
 # The updates' timings are what they check: they start once the work the other suites started
 # early (restart stacks, side-by-side envs) is done, and so this module runs after the others.
 AFTER_EARLY_WORK = True
@@ -87,9 +80,9 @@ class Rolled:
     target: str
     tasks: int  # the service's tasks when the update started
     state: str
-    log: TaskLog
+    log: rolling.TaskLog
     answers: list[mesh.Answer] | None  # requests through the published port, when sent
-    waits: list[Wait]
+    waits: list[rolling.Wait]
 
 
 @dataclass
@@ -103,7 +96,7 @@ class Failed:
     state: str
     images: list[str]  # the running tasks' images once the update ended (and a rollback restored them)
     deadline: float
-    waits: list[Wait]
+    waits: list[rolling.Wait]
     how: str  # how the version fails: its own healthcheck, or one the update set
 
 
@@ -174,8 +167,8 @@ class Updates:
         target = variant_or_skip(self.swarm, service, "next")
         original = service.image
         tasks = len(service.running_tasks())
-        deadline = update_deadline(tasks, config, self.health(service, spec))
-        log = TaskLog(service)
+        deadline = rolling.update_deadline(tasks, config, self.health(service, spec))
+        log = rolling.TaskLog(service)
         answers: list[mesh.Answer] | None = [] if traffic else None
         port = self.stack.published_port(name_in_stack(self.stack, service))
         try:
@@ -186,7 +179,7 @@ class Updates:
                 state = wait_update(service, deadline, self.together.sleep)
         finally:
             self.restore(service, before, deadline)
-        waits = declared_update_waits(tasks, config, self.health(service, spec))
+        waits = rolling.declared_update_waits(tasks, config, self.health(service, spec))
         return Rolled(original, target, tasks, state, log, answers, waits)
 
     def probe_until_done(
@@ -215,7 +208,7 @@ class Updates:
                 main = self.stack.source
                 source = replace(
                     main,
-                    compose_files=(copies_of(self.folder / "copies.yml", specs, self.stack.model),),
+                    compose_files=(rolling.copies_of(self.folder / "copies.yml", specs, self.stack.model),),
                     stack_name=f"U{self.stack.name[:20]}",
                 )
                 try:
@@ -245,15 +238,16 @@ class Updates:
         if missing_variant(self.swarm, name, original, "broken") or "healthcheck" in spec:
             broken, flags, failing = variant_ref(original, "next"), FAILING_HEALTH_FLAGS, FAILING_HEALTH
             how = "the update sets a healthcheck that never passes"
-        deadline = update_deadline(tasks, config, failing)
+        deadline = rolling.update_deadline(tasks, config, failing)
         expected = "rollback_completed" if config.failure_action == "rollback" else "paused"
         update_image(stack, service, broken, flags)
         state = wait_update(service, deadline, self.together.sleep)
         if state == "rollback_completed":  # swarm says so as the restored tasks start
-            restored_within = START_ALLOWANCE + (health.interval if health else 0.0)
+            restored_within = rolling.START_ALLOWANCE + (health.interval if health else 0.0)
             wait_restored(service, original, restored_within, self.together.sleep)
         images = sorted({t.image.split("@")[0] for t in service.running_tasks()})
-        waits = failure_waits(config, failing, health, declared.update_config(spec, "rollback_config"))
+        rollback = declared.update_config(spec, "rollback_config")
+        waits = rolling.failure_waits(config, failing, health, rollback)
         if health:  # the copy's tasks, before they count as started
             waits.append((health.interval, f"the copy's first healthcheck {health.interval:g} s"))
         return Failed(stack, original, broken, expected, state, images, deadline, waits, how)
@@ -286,29 +280,6 @@ class Updates:
         assert service.reload().attrs["Spec"] == before, f"{service.name}: spec not restored"
 
 
-def copies_of(path: Path, specs: dict[str, dict[str, Any]], model: dict[str, Any]) -> Path:
-    """A compose file of copies: each spec without its published ports, networks (the copies get
-    their stack's default network) and named volumes (they would share the data); its bind
-    mounts, secrets and configs (declared here as the stack declares them), deploy section and
-    healthcheck as declared."""
-    services = {}
-    for name, spec in specs.items():
-        copy_ = {k: v for k, v in spec.items() if k not in ("ports", "networks", "volumes")}
-        binds = [v for v in spec.get("volumes") or [] if isinstance(v, dict) and v.get("type") == "bind"]
-        services[name] = {**copy_, **({"volumes": binds} if binds else {})}
-    document: dict[str, Any] = {"version": model.get("version", "3.8"), "services": services}
-    for kind in ("secrets", "configs"):
-        used = {
-            str(r["source"] if isinstance(r, dict) else r)
-            for s in services.values()
-            for r in s.get(kind) or []
-        }
-        if used:
-            document[kind] = {n: d for n, d in (model.get(kind) or {}).items() if n in used}
-    path.write_text(yaml.safe_dump(document))
-    return path
-
-
 def name_in_stack(stack: DeployedStack, service: Service) -> str:
     return service.name.removeprefix(f"{stack.name}_")
 
@@ -327,19 +298,6 @@ def variant_or_skip(swarm: Cluster, service: Service, variant: str) -> str:
     if why:
         pytest.skip(why)
     return variant_ref(service.image, variant)
-
-
-def batch_count(tasks: int, config: declared.UpdateConfig) -> int:
-    """Batches an update of ``tasks`` tasks takes (a global service: one task per node)."""
-    return math.ceil(max(tasks, 1) / config.parallelism) if config.parallelism > 0 else 1
-
-
-def update_deadline(tasks: int, config: declared.UpdateConfig, health: declared.Healthcheck | None) -> float:
-    """How long the declared update may take: every batch's start, delay and monitor, with margin."""
-    first_check = health.interval if health else 0.0
-    unhealthy = health.seconds_to_unhealthy() if health else 0.0
-    per_batch = START_ALLOWANCE + first_check + config.delay
-    return batch_count(tasks, config) * per_batch + max(config.monitor, unhealthy) + 60
 
 
 def update_image(stack: DeployedStack, service: Service, image: str, flags: list[str] | None = None) -> None:
@@ -371,76 +329,6 @@ def wait_update(service: Service, deadline: float, sleep: Callable[[float], None
 
     poll = wait_for(probe, what=f"{service.name} update to end", timeout=deadline, interval=0.5, sleep=sleep)
     return str(poll.value)
-
-
-def declared_update_waits(
-    tasks: int, config: declared.UpdateConfig, health: declared.Healthcheck | None
-) -> list[Wait]:
-    """The waits a rolling update (and its restore) spends by declaration: the delay between
-    batches, the monitor after the last, and each batch's first healthcheck (restore: one batch)."""
-    count = batch_count(tasks, config)
-    waits = [(config.delay * (count - 1), f"update delay {config.delay:g} s x {count - 1}")]
-    waits.append((config.monitor, f"monitor {config.monitor:g} s"))
-    if health:
-        checks = count + 1  # the restore replaces every task in one batch
-        waits.append((health.interval * checks, f"first healthcheck {health.interval:g} s x {checks}"))
-    return waits
-
-
-def failure_waits(
-    config: declared.UpdateConfig,
-    failing: declared.Healthcheck | None,
-    health: declared.Healthcheck | None,
-    rollback: declared.UpdateConfig | None = None,
-) -> list[Wait]:
-    """A failing version is found out when its (``failing``) healthcheck gives up; a rollback then
-    runs under rollback_config, whose monitor it waits out; the restored tasks wait their first
-    check (``health``: the service's own)."""
-    if failing is None:
-        return []
-    rollback = rollback or config
-    waits = [(failing.seconds_to_unhealthy(), "healthcheck: start period, then retries x interval")]
-    if config.failure_action == "rollback":
-        waits.append((rollback.monitor, f"rollback monitor {rollback.monitor:g} s"))
-        if config.order == "stop-first" and health is not None:
-            waits.append((health.interval, f"first healthcheck {health.interval:g} s of the restored task"))
-    return waits
-
-
-class TaskLog:
-    """Each task's running time and end time, by place (its slot; a global task's node), on
-    swarm's clock, while an update runs."""
-
-    def __init__(self, service: Service) -> None:
-        self.service = service
-        self.running: dict[str, tuple[float, str, str]] = {}
-        self.ended: dict[str, float] = {}
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._loop, daemon=True)
-
-    def _loop(self) -> None:
-        while not self._stop.wait(0.2):
-            for task in self.service.tasks():
-                if task.state == "running":
-                    self.running.setdefault(task.id, (seconds(task.timestamp), place(task), task.image))
-                elif task.state in ENDED and task.id in self.running:
-                    self.ended.setdefault(task.id, seconds(task.timestamp))
-
-    @contextmanager
-    def recording(self) -> Iterator[TaskLog]:
-        for task in self.service.running_tasks():
-            self.running[task.id] = (0.0, place(task), task.image)  # before the update: start unknown
-        self._thread.start()
-        try:
-            yield self
-        finally:
-            self._stop.set()
-            self._thread.join(timeout=10)
-
-
-def place(task: Task) -> str:
-    """Where a task runs for its service: its slot (replicated) or its node (global)."""
-    return f"slot {task.slot}" if task.slot else f"node {task.node_id[:12]}"
 
 
 @pytest.fixture(scope="module")
