@@ -9,7 +9,7 @@ from __future__ import annotations
 import math
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from concurrent import futures
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
@@ -37,6 +37,7 @@ T = TypeVar("T")
 # How long a manager whose leader is gone holds a call before it answers "context deadline
 # exceeded" (moby's swarmRequestTimeout; seen on engine 20.10).
 HELD_CALL = 20.0
+SERVICE_NAME_LABEL = "com.docker.swarm.service.name"  # on every task container
 
 
 class IsolatedCluster:
@@ -392,16 +393,25 @@ def task_history(managers: Managers, stack: str, origin: float) -> list[str]:
     return resilience.task_moves(tasks, services, nodes, origin)
 
 
-def running_containers(engines: Mapping[str, docker.DockerClient], stack: str) -> dict[str, str]:
-    """container id -> node, of every running task container of ``stack``, asked of each node's
-    own engine (what runs, whatever the managers know)."""
+def running_containers(
+    engines: Mapping[str, docker.DockerClient], stack: str, services: Collection[str] | None = None
+) -> dict[str, str]:
+    """container id -> node, of every running task container of ``stack`` (of its ``services``,
+    full names, when given), asked of each node's own engine (what runs, whatever the managers
+    know)."""
     found: dict[str, str] = {}
     for node, engine in engines.items():
         try:
             listed = engine.api.containers(filters={"label": f"{STACK_LABEL}={stack}", "status": "running"})
         except TRANSIENT:
             continue  # a node that is down runs nothing the check can see
-        found.update({c["Id"]: node for c in listed})
+        found.update(
+            {
+                c["Id"]: node
+                for c in listed
+                if services is None or (c.get("Labels") or {}).get(SERVICE_NAME_LABEL) in services
+            }
+        )
     return found
 
 

@@ -91,9 +91,12 @@ class StackView:
         return found
 
     def workers_containers(self) -> dict[str, str]:
-        """The stack's running task containers on the workers (by task id)."""
+        """The running task containers of the stack's declared services on the workers (container
+        id -> node): not those of the helpers deployed under the stack's name, such as the
+        network-join tasks, which may still be stopping right after the deploy."""
         workers = {n: e for n, e in self.swarm.engines.items() if n not in self.managers.names}
-        return disruption.running_containers(workers, self.stack.name)
+        services = {f"{self.stack.name}_{name}" for name in self.stack.declared_services}
+        return disruption.running_containers(workers, self.stack.name, services)
 
     # -- whether it holds ---------------------------------------------------------------------------
     def whole(self, without: set[str]) -> tuple[bool, str, list[str]]:

@@ -252,3 +252,23 @@ def test_a_manager_slower_than_a_second_still_answers_within_the_patience() -> N
         assert time.monotonic() - started < 3
     finally:
         managers.close()
+
+
+def test_only_the_declared_services_task_containers_count_as_the_stacks() -> None:
+    """Right after a deploy the network-join helpers (deployed under the stack's name) may
+    still be stopping: their containers going is no task of the stack stopped."""
+
+    def container(cid: str, service: str) -> dict[str, Any]:
+        return {
+            "Id": cid,
+            "Labels": {"com.docker.stack.namespace": "DEV", disruption.SERVICE_NAME_LABEL: service},
+        }
+
+    listed = [container("a1", "DEV_ui"), container("j1", "DEV_network-join-2"), container("p1", "DEV_post")]
+    engine = SimpleNamespace(api=SimpleNamespace(containers=lambda filters: listed))
+    engines = cast(Any, {"worker-1": engine})
+    assert disruption.running_containers(engines, "DEV", {"DEV_ui", "DEV_post"}) == {
+        "a1": "worker-1",
+        "p1": "worker-1",
+    }
+    assert set(disruption.running_containers(engines, "DEV")) == {"a1", "j1", "p1"}
