@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import shlex
 import signal
+import threading
 from collections.abc import Callable
 from contextlib import nullcontext
 from types import FrameType
@@ -123,16 +124,19 @@ def _masker(settings: Settings) -> Masker:
 
 
 def _progress(config: pytest.Config) -> Any:
-    """Progress lines go straight to the terminal, past output capturing (like live logs)."""
+    """Progress lines go straight to the terminal, past output capturing (like live logs), one
+    whole line at a time: the threads of waits that run side by side say theirs together."""
+    one_at_a_time = threading.Lock()
 
     def write(message: str) -> None:
         reporter = config.pluginmanager.get_plugin("terminalreporter")
         if reporter is None:
             return
         capture = config.pluginmanager.get_plugin("capturemanager")
-        suspended = capture.global_and_fixture_disabled() if capture is not None else nullcontext()
-        with suspended:
-            reporter.write_line(f"[swarm] {config.stash[MASKER](message)}")
+        with one_at_a_time:
+            suspended = capture.global_and_fixture_disabled() if capture is not None else nullcontext()
+            with suspended:
+                reporter.write_line(f"[swarm] {config.stash[MASKER](message)}")
 
     return write
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import xml.etree.ElementTree as ET
 
 import pytest
@@ -156,6 +157,35 @@ def test_talks(request):
     result.assert_outcomes(passed=1)
     result.stdout.fnmatch_lines(["[[]swarm[]] deploying with ***", "stack DEV used token ***"])
     assert SECRET not in result.stdout.str() and TOKEN not in result.stdout.str()
+
+
+def test_progress_lines_of_threads_side_by_side_stay_whole_lines(project: pytest.Pytester) -> None:
+    project.makepyfile(
+        test_suite="""
+import sys
+import threading
+from pytest_swarm.lifecycle import lifecycle_of
+
+def test_talks(request):
+    sys.setswitchinterval(1e-6)  # threads take turns within a line's writing
+    say = lifecycle_of(request.config).progress
+    def talk(who):
+        for n in range(300):
+            say(f"{who} waits: {n} " + "." * 60)
+    threads = [threading.Thread(target=talk, args=(who,)) for who in ("ui", "post", "comment")]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+"""
+    )
+    result = project.runpytest("-p", "no:randomly")
+    result.assert_outcomes(passed=1)
+    said = [line for line in result.outlines if "waits: " in line]
+    whole = re.compile(r"\[swarm\] (ui|post|comment) waits: \d+ \.{60}")
+    assert len(said) == 900 and all(whole.fullmatch(line) for line in said), [
+        line for line in said if not whole.fullmatch(line)
+    ][:5]
 
 
 def test_an_interrupted_run_still_writes_its_report(project: pytest.Pytester) -> None:
