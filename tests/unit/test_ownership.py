@@ -5,7 +5,6 @@ from pathlib import Path
 import pytest
 
 from pytest_swarm import ownership
-from pytest_swarm.images import debian_mirror
 from pytest_swarm.ownership import Session, owner_alive, owner_token
 
 
@@ -57,13 +56,3 @@ def test_kept_record_round_trip(tmp_path: Path, monkeypatch: pytest.MonkeyPatch)
     assert session.id not in set(ownership.stale_run_dirs())  # kept: never swept
     ownership.forget_kept(session.id, rootdir)
     assert ownership.read_kept(rootdir) is None
-
-
-def test_debian_mirror_from_deb822_and_one_line(tmp_path: Path) -> None:
-    (tmp_path / "sources.list.d").mkdir()
-    (tmp_path / "sources.list.d" / "debian.sources").write_text(
-        "Types: deb\nURIs: http://mirror.example/debian/\nSuites: bookworm\n"
-    )
-    assert debian_mirror(tmp_path) == "http://mirror.example/debian"
-    (tmp_path / "sources.list").write_text("deb [arch=amd64] http://other.example/debian bookworm main\n")
-    assert debian_mirror(tmp_path) == "http://other.example/debian"
