@@ -394,11 +394,10 @@ def task_history(managers: Managers, stack: str, origin: float) -> list[str]:
 
 
 def running_containers(
-    engines: Mapping[str, docker.DockerClient], stack: str, services: Collection[str] | None = None
+    engines: Mapping[str, docker.DockerClient], stack: str, services: Collection[str]
 ) -> dict[str, str]:
-    """container id -> node, of every running task container of ``stack`` (of its ``services``,
-    full names, when given), asked of each node's own engine (what runs, whatever the managers
-    know)."""
+    """container id -> node, of every running task container of ``stack``'s ``services`` (full
+    names), asked of each node's own engine (what runs, whatever the managers know)."""
     found: dict[str, str] = {}
     for node, engine in engines.items():
         try:
@@ -406,11 +405,7 @@ def running_containers(
         except TRANSIENT:
             continue  # a node that is down runs nothing the check can see
         found.update(
-            {
-                c["Id"]: node
-                for c in listed
-                if services is None or (c.get("Labels") or {}).get(SERVICE_NAME_LABEL) in services
-            }
+            {c["Id"]: node for c in listed if (c.get("Labels") or {}).get(SERVICE_NAME_LABEL) in services}
         )
     return found
 

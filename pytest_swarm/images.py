@@ -2,9 +2,9 @@
 
 Every image the project builds starts ``FROM debian:bookworm-slim``. Where that can't be pulled
 it is bootstrapped once from the Debian mirror apt already uses (mmdebstrap or debootstrap) and
-kept in the local engine. A build context may carry ``wheels.txt`` (pip requirements): the wheels are
-downloaded on the host into ``<context>/wheels/`` because containers can't reach the package
-index over HTTPS, and the Dockerfile installs them with no network.
+kept in the local engine. A build context may carry ``wheels.txt`` (pip requirements): the
+wheels are downloaded on the host into ``<context>/wheels/`` because containers can't reach
+the package index over HTTPS, and the Dockerfile installs them with no network.
 """
 
 from __future__ import annotations
