@@ -16,6 +16,9 @@ from . import compose
 
 DEFAULT_PATTERNS = ("envs/{env}.env", "{env}.env", ".env.{env}", ".env_{env}", ".env-{env}")
 PLACEHOLDER = "{env}"
+# What a team keeps beside its envs as a model to copy (``.env.example``): not an env. Such a
+# file is still taken when given directly (--swarm-env-file).
+TEMPLATE_NAMES = frozenset({"example", "sample", "template", "tmpl", "tpl", "dist", "orig", "bak"})
 
 
 def check_pattern(pattern: str) -> str:
@@ -38,6 +41,7 @@ def find_envs(root: Path, patterns: Sequence[str], exclude: Iterable[Path] = ())
     """Every env the patterns find under ``root``: env name (lower case) -> file.
 
     ``exclude``: files that are not envs of their own (e.g. what a service's ``env_file:`` reads).
+    Templates (``.env.example``, ``dev.env.sample``, see TEMPLATE_NAMES) are not envs either.
     """
     skipped = {p.resolve() for p in exclude}
     found: dict[str, Path] = {}
@@ -48,8 +52,11 @@ def find_envs(root: Path, patterns: Sequence[str], exclude: Iterable[Path] = ())
             continue
         for path in sorted(where.iterdir()):
             match = matcher.fullmatch(path.name)
-            if match and path.is_file() and path.resolve() not in skipped:
-                found.setdefault(match.group("env").lower(), path)
+            if not match or not path.is_file() or path.resolve() in skipped:
+                continue
+            env = match.group("env").lower()
+            if not TEMPLATE_NAMES.intersection(re.split(r"[._-]", env)):
+                found.setdefault(env, path)
     return found
 
 

@@ -107,6 +107,17 @@ def test_a_services_own_env_file_is_not_an_env(tmp_path: Path) -> None:
     assert resolve({}, {}, {}, tmp_path).envs == {"dev": tmp_path / "dev.env"}
 
 
+def test_a_template_beside_the_envs_is_not_an_env(tmp_path: Path) -> None:
+    (tmp_path / "docker-compose.yml").write_text("services: {}\n")
+    for name in (".env_DEV", ".env_PROD", ".env.example", ".env.dev.sample", "template.env"):
+        (tmp_path / name).write_text("ENV=X\n")
+    s = resolve({"env": "dev"}, {}, {}, tmp_path)
+    assert s.envs == {"dev": tmp_path / ".env_DEV", "prod": tmp_path / ".env_PROD"}
+    assert s.side_by_side == ("prod",)
+    s = resolve({"env_file": ".env.example"}, {}, {}, tmp_path)  # given directly: taken
+    assert s.env_file == tmp_path / ".env.example"
+
+
 def test_unknown_env_with_no_env_file(tmp_path: Path) -> None:
     with pytest.raises(
         SettingsError, match=r"no env file for it; envs found: none \(looked for envs/dev.env, dev.env"
