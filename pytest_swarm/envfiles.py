@@ -1,7 +1,7 @@
 """Env files as teams name them: ``envs/dev.env``, ``dev.env``, ``.env.dev``, ``.env_DEV`` ...
 
-A pattern is a path relative to the project folder with ``{env}`` where the env's name goes;
-names match without regard to case (``.env_DEV`` is the env ``dev``). The first pattern that
+A pattern is a path relative to the project folder with ``{env}`` where the env's name goes,
+in the file's name or a folder's (``{env}/.env``: one folder per env); names match without regard to case (``.env_DEV`` is the env ``dev``). The first pattern that
 finds an env wins.
 """
 
@@ -22,19 +22,23 @@ TEMPLATE_NAMES = frozenset({"example", "sample", "template", "tmpl", "tpl", "dis
 
 
 def check_pattern(pattern: str) -> str:
-    """``pattern`` if it has exactly one ``{env}``, in its file name; else ValueError saying why."""
-    name = pattern.replace("\\", "/").rsplit("/", 1)[-1]
-    if pattern.count(PLACEHOLDER) != 1 or PLACEHOLDER not in name:
-        raise ValueError(f"{pattern!r} needs one {PLACEHOLDER} in its file name, e.g. .env_{PLACEHOLDER}")
+    """``pattern`` if it has exactly one ``{env}``; else ValueError saying why."""
+    if pattern.count(PLACEHOLDER) != 1:
+        raise ValueError(
+            f"{pattern!r} needs one {PLACEHOLDER} where the env's name goes, e.g. .env_{PLACEHOLDER} "
+            f"or {PLACEHOLDER}/.env"
+        )
     return pattern
 
 
-def _matcher(pattern: str) -> tuple[str, re.Pattern[str]]:
-    folder, _, name = pattern.replace("\\", "/").rpartition("/")
-    head, _, tail = name.partition(PLACEHOLDER)
-    return folder, re.compile(
-        re.escape(head) + r"(?P<env>[A-Za-z0-9][A-Za-z0-9_.-]*?)" + re.escape(tail), re.I
-    )
+def _matcher(pattern: str) -> tuple[str, re.Pattern[str], str]:
+    """(folder to list, what an entry's name must match, the path under a matching entry):
+    ``envs/.env_{env}`` -> ("envs", ``.env_(?P<env>...)``, ""); ``{env}/.env`` -> ("", ..., ".env")."""
+    parts = pattern.replace("\\", "/").split("/")
+    at = next(i for i, part in enumerate(parts) if PLACEHOLDER in part)
+    head, _, tail = parts[at].partition(PLACEHOLDER)
+    name = re.compile(re.escape(head) + r"(?P<env>[A-Za-z0-9][A-Za-z0-9_.-]*?)" + re.escape(tail), re.I)
+    return "/".join(parts[:at]), name, "/".join(parts[at + 1 :])
 
 
 def find_envs(root: Path, patterns: Sequence[str], exclude: Iterable[Path] = ()) -> dict[str, Path]:
@@ -46,12 +50,13 @@ def find_envs(root: Path, patterns: Sequence[str], exclude: Iterable[Path] = ())
     skipped = {p.resolve() for p in exclude}
     found: dict[str, Path] = {}
     for pattern in patterns:
-        folder, matcher = _matcher(pattern)
+        folder, matcher, below = _matcher(pattern)
         where = root / folder if folder else root
         if not where.is_dir():
             continue
-        for path in sorted(where.iterdir()):
-            match = matcher.fullmatch(path.name)
+        for entry in sorted(where.iterdir()):
+            match = matcher.fullmatch(entry.name)
+            path = entry / below if below else entry
             if not match or not path.is_file() or path.resolve() in skipped:
                 continue
             env = match.group("env").lower()

@@ -93,11 +93,26 @@ def test_env_file_pattern_from_ini_and_env_file_given(tmp_path: Path) -> None:
     assert s.env_file == tmp_path / "config/reddit-prod.vars"
     with pytest.raises(SettingsError, match=r"swarm_env_files: 'config/x.vars' needs one \{env\}"):
         resolve({}, {}, {"env_files": ["config/x.vars"]}, tmp_path)
+    with pytest.raises(SettingsError, match=r"'\{env\}/\{env\}.env' needs one \{env\}"):
+        resolve({}, {}, {"env_files": ["{env}/{env}.env"]}, tmp_path)
     (tmp_path / ".env").write_text("ENV=QA\n")
     s = resolve({"env_file": ".env"}, {}, {}, tmp_path)
     assert (s.env, s.env_file) == ("qa", tmp_path / ".env")  # named after its ENV value
     s = resolve({"env_file": ".env", "env": "dev"}, {}, {}, tmp_path)
     assert (s.env, s.env_file) == ("dev", tmp_path / ".env")
+
+
+def test_one_folder_per_env(tmp_path: Path) -> None:
+    (tmp_path / "docker-compose.yml").write_text("services: {}\n")
+    for env in ("PROD", "TEST", "docs"):
+        (tmp_path / env).mkdir()
+    (tmp_path / "PROD" / ".env").write_text("ENV=PROD\n")
+    (tmp_path / "TEST" / ".env").write_text("ENV=TEST\n")
+    s = resolve({"env": "test"}, {}, {"env_files": ["{env}/.env"]}, tmp_path)
+    assert s.envs == {"prod": tmp_path / "PROD/.env", "test": tmp_path / "TEST/.env"}  # docs/ has none
+    assert (s.env_file, s.side_by_side) == (tmp_path / "TEST/.env", ("prod",))
+    s = resolve({"env_file": "PROD/.env"}, {}, {"env_files": ["{env}/.env"]}, tmp_path)
+    assert s.env == "prod"
 
 
 def test_a_services_own_env_file_is_not_an_env(tmp_path: Path) -> None:
