@@ -1,8 +1,8 @@
 """Env files as teams name them: ``envs/dev.env``, ``dev.env``, ``.env.dev``, ``.env_DEV`` ...
 
 A pattern is a path relative to the project folder with ``{env}`` where the env's name goes,
-in the file's name or a folder's (``{env}/.env``: one folder per env); names match without regard to case (``.env_DEV`` is the env ``dev``). The first pattern that
-finds an env wins.
+in the file's name or a folder's (``{env}/.env``: one folder per env); names match without
+regard to case (``.env_DEV`` is the env ``dev``). The first pattern that finds an env wins.
 """
 
 from __future__ import annotations
