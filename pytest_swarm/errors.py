@@ -23,6 +23,10 @@ class StackError(SwarmError):
     """A stack could not be rendered, validated or deployed."""
 
 
+class PortClash(StackError):
+    """A stack publishes a host port another stack on the cluster already publishes."""
+
+
 class ConvergenceTimeout(SwarmError):
     """The cluster did not reach the awaited state before its deadline."""
 

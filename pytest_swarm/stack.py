@@ -22,7 +22,7 @@ from dotenv import dotenv_values
 from . import compose, images, network_join
 from .cluster import STACK_LABEL, Cluster, Service
 from .commands import run_docker
-from .errors import CommandError, StackError
+from .errors import CommandError, PortClash, StackError
 from .waiting import Poll, wait_for
 
 # ${VAR}, ${VAR:-default}, ${VAR-default}, ${VAR:?err}, ${VAR?err}, $VAR; $$ is a literal $.
@@ -213,7 +213,7 @@ def check_ports_free(cluster: Cluster, name: str, model: dict[str, Any], env_fil
     """Name a published port another stack already uses, before anything is deployed."""
     clashes = port_clashes({**ports_in_use(cluster, name), name: model})
     if clashes:
-        raise StackError(
+        raise PortClash(
             f"stack {name} publishes ports already in use on this cluster: {'; '.join(clashes)}; "
             f"give it other ports in {env_file}"
         )

@@ -20,6 +20,7 @@ from pytest_swarm import (
     STACK_LABEL,
     Cluster,
     DeployedStack,
+    PortClash,
     StackError,
     StackSource,
     SwarmLifecycle,
@@ -29,6 +30,7 @@ from pytest_swarm import (
     port_clashes,
     published_ports,
     remove_all,
+    render,
     shifted_env,
     take_early,
 )
@@ -61,8 +63,14 @@ class SideBySide:
         )
 
     def stacks(self) -> dict[str, DeployedStack]:
-        """Wait for every deploy; the converged stacks, or the first deploy's error."""
+        """Wait for every deploy; the converged stacks, or the first deploy's error. Envs whose
+        own files publish the same port can't run side by side: a skip saying so (the finding
+        is test_published_ports_are_distinct's, made from the files alone)."""
         self._deploying.close()
+        for env in self.envs:
+            error = self._deploying.outcome(env, timeout=0).error
+            if isinstance(error, PortClash):
+                pytest.skip(f"the envs can't run side by side: {error}")
         return {env: self._deploying.outcome(env, timeout=0).get() for env in self.envs}
 
     def wait(self) -> None:
@@ -148,9 +156,21 @@ def test_networks_and_volumes_are_separate(environments: list[DeployedStack]) ->
             assert not volumes_of(one) & volumes_of(other), f"{one.name} and {other.name} share volumes"
 
 
-def test_published_ports_are_distinct(environments: list[DeployedStack]) -> None:
-    clashes = port_clashes({stack.name: stack.model for stack in environments})
-    assert not clashes, "published ports claimed twice: " + "; ".join(clashes)
+def test_published_ports_are_distinct(request: pytest.FixtureRequest, swarm_stack: DeployedStack) -> None:
+    """From the env files alone: two envs that publish one host port can't share a cluster."""
+    lifecycle = lifecycle_of(request.config)
+    others = [lifecycle.source(env) for env in lifecycle.settings.side_by_side]
+    if not others:
+        pytest.skip("no other env to deploy side by side (env files: swarm_env_files; --swarm-side-by-side)")
+    models = {swarm_stack.name: swarm_stack.model, **{source.name(): render(source) for source in others}}
+    clashes = port_clashes(models)
+    assert not clashes, (
+        "published ports claimed twice: "
+        + "; ".join(clashes)
+        + " (give each env its own port in its env file: "
+        + ", ".join(str(source.env_file) for source in others)
+        + ")"
+    )
 
 
 @pytest.mark.needs_routing_mesh
