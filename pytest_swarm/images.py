@@ -364,6 +364,8 @@ def prepare_images(
         **{service: compose.Build(context=context) for service, context in build.items()},
     }
 
+    missing: list[str] = []  # services whose image is neither present, buildable nor pullable
+
     def prepare(service: str) -> list[str]:
         ref = service_images[service]
         tag = ref.rpartition(":")[2] if ":" in ref.rsplit("/", 1)[-1] else "latest"
@@ -394,12 +396,8 @@ def prepare_images(
                 )
                 plan.standins[service] = ref
         elif not _pull(client, ref):
-            where = " or fix its build: section" if service in (builds or {}) else ""
-            raise ImageBuildError(
-                f"image {ref} of service {service} is not on the local engine and can't be pulled; "
-                f"build it (docker build -t {ref} ...), give it a build: section in the compose file{where}, "
-                f"or name its build context in swarm_build ({service}=path/to/context)"
-            )
+            missing.append(service)
+            return []
         return [ref, *(build_variants(client, recipe, ref, progress) if service in updated else [])]
 
     # what is built first: a service may run the image another service's build: makes
@@ -416,6 +414,14 @@ def prepare_images(
             prepared[service] = started[service].result()  # its error, raised here
     for service in order:
         plan.refs += prepared[service] if service in prepared else prepare(service)
+    if missing:  # every one at once: a team fixes them together
+        raise ImageBuildError(
+            "images neither on the local engine nor pullable: build each (docker build -t IMAGE ...), "
+            "give it a build: section in the compose file, or name its build context in the ini key "
+            "swarm_build (SERVICE=path/to/context; swarm_offline_images for a stand-in used only "
+            "where the image can't be pulled):\n"
+            + "\n".join(f"  {service}: {service_images[service]}" for service in sorted(missing))
+        )
     return plan
 
 

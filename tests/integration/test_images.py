@@ -22,8 +22,9 @@ def test_a_failing_build_names_the_service_and_its_last_lines(
     assert "about to fail" in message and "returned a non-zero code: 7" in message
 
 
-def test_an_image_nobody_can_build_or_pull_is_named(engine: docker.DockerClient) -> None:
-    with pytest.raises(
-        ImageBuildError, match=r"image nowhere/to-be-found:1\.0 of service api .* swarm_build"
-    ):
-        prepare_images(engine, {"api": "nowhere/to-be-found:1.0"}, {}, {})
+def test_every_image_nobody_can_build_or_pull_is_named_at_once(engine: docker.DockerClient) -> None:
+    with pytest.raises(ImageBuildError) as info:
+        prepare_images(engine, {"api": "nowhere/to-be-found:1.0", "db": "nowhere/db"}, {}, {})
+    message = str(info.value)
+    assert "swarm_build" in message
+    assert "  api: nowhere/to-be-found:1.0\n  db: nowhere/db" in message

@@ -38,11 +38,11 @@ def test_the_bootstrap_prefers_mmdebstrap_and_unpacks_no_docs(monkeypatch: pytes
 
 
 def test_one_recipe_of_each_kind_is_built_first(tmp_path: Path) -> None:
-    python = "FROM debian:bookworm-slim\nRUN apt-get update \\\n && apt-get install -y python3\nCOPY {0}.py /app/\n"
+    python = "FROM debian:bookworm-slim\nRUN apt-get update \\\n && apt-get install python3\nCOPY {0}.py /\n"
     recipes = {}
     for service, text in {
         "comment": python.format("comment"),
-        "node-exporter": "# packages\nFROM debian:bookworm-slim AS package\nRUN apt-get install -y exporter\n",
+        "node-exporter": "# packages\nFROM debian:bookworm-slim AS pkg\nRUN apt-get install -y exporter\n",
         "post": python.format("post").replace("RUN  apt-get", "RUN apt-get"),
         "ui": "# the same steps, spaced otherwise\n" + python.format("ui").replace(" && ", "    &&  "),
         "web": "FROM busybox\nCOPY index.html /www/\n",
