@@ -272,6 +272,8 @@ class SwarmLifecycle:
             on_deployed=on_deployed,
             wait=wait,
             join_networks_first=provider.joins_networks_first,
+            external_files=self.settings.external_files,
+            labels=self.session.labels,
         )
         for service in stack.standins:
             line = f"{stack.name}: {service} runs a stand-in image ({stack.declared(service).get('image')})"

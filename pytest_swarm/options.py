@@ -97,6 +97,13 @@ OPTIONS: tuple[Option, ...] = (
         "linelist",
     ),
     Option(
+        "external_files",
+        "the files of the configs and secrets the stack declares external, NAME=PATH (made on the "
+        "test cluster when it lacks them)",
+        "",
+        "linelist",
+    ),
+    Option(
         "side_by_side", "envs deployed beside --swarm-env, comma separated (default: every other env)", ""
     ),
     Option(

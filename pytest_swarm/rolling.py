@@ -17,7 +17,7 @@ from typing import Any
 
 import yaml
 
-from . import declared
+from . import declared, externals
 from .cluster import Service, Task, seconds
 
 START_ALLOWANCE = 20.0  # seconds a new task gets to start, beyond its first healthcheck
@@ -83,12 +83,8 @@ def copies_of(path: Path, specs: dict[str, dict[str, Any]], model: dict[str, Any
         binds = [v for v in spec.get("volumes") or [] if isinstance(v, dict) and v.get("type") == "bind"]
         services[name] = {**copy_, **({"volumes": binds} if binds else {})}
     document: dict[str, Any] = {"version": model.get("version", "3.8"), "services": services}
-    for kind in ("secrets", "configs"):
-        used = {
-            str(r["source"] if isinstance(r, dict) else r)
-            for s in services.values()
-            for r in s.get(kind) or []
-        }
+    for kind in externals.KINDS:
+        used = set().union(*(externals.used(spec, kind) for spec in services.values()))
         if used:
             document[kind] = {n: d for n, d in (model.get(kind) or {}).items() if n in used}
     path.write_text(yaml.safe_dump(document))

@@ -72,6 +72,7 @@ class Settings:
     engine_labels: Labels = field(default_factory=dict)
     build: Mapping[str, Path] = field(default_factory=dict)
     offline_images: Mapping[str, Path] = field(default_factory=dict)
+    external_files: Mapping[str, Path] = field(default_factory=dict)  # external config/secret -> file
     side_by_side: tuple[str, ...] = ()
     variables: Mapping[str, str] = field(default_factory=dict)  # --swarm-set: over every env file's
     roles: Mapping[str, str] = field(default_factory=dict)  # role -> service, where given
@@ -225,6 +226,7 @@ def resolve(
         engine_labels=parse_node_labels("engine_labels", items("engine_labels")),
         build=_service_paths("build", items("build"), path),
         offline_images=_service_paths("offline_images", items("offline_images"), path),
+        external_files=_service_paths("external_files", items("external_files"), path),
         side_by_side=_side_by_side(items("side_by_side"), env, envs, rootdir),
         variables=_variables(items("set")),
         roles=_pairs("roles", items("roles")),
@@ -480,6 +482,7 @@ def _pairs(name: str, entries: Sequence[str]) -> dict[str, str]:
     form = {
         "roles": "ROLE=SERVICE, e.g. ui=frontend",
         "set": "KEY=VALUE, e.g. POST_REPLICAS=1",
+        "external_files": "NAME=PATH, e.g. site.key=tests/site.key",
     }.get(name, "SERVICE=BUILD_CONTEXT, e.g. ui=stacks/images/ui")
     result: dict[str, str] = {}
     for entry in entries:

@@ -19,7 +19,7 @@ import docker.errors
 import yaml
 from dotenv import dotenv_values
 
-from . import compose, images, network_join
+from . import compose, externals, images, network_join
 from .cluster import STACK_LABEL, Cluster, Service
 from .commands import run_docker
 from .errors import CommandError, PortClash, StackError
@@ -407,8 +407,12 @@ def deploy(
     on_deployed: Callable[[DeployedStack], None] = lambda _stack: None,
     wait: bool = True,
     join_networks_first: bool = True,
+    external_files: Mapping[str, Path] | None = None,
+    labels: Mapping[str, str] | None = None,
 ) -> DeployedStack:
-    """Render, prepare and load the images, deploy, and (``wait``) wait for convergence.
+    """Render, prepare and load the images, make the external configs and secrets the cluster
+    lacks (from ``external_files``, labelled ``labels``), deploy, and (``wait``) wait for
+    convergence.
 
     ``on_deployed`` is told of the stack as soon as it exists on the cluster, so a caller can
     remove it even when convergence then fails.
@@ -416,6 +420,7 @@ def deploy(
     model = render(source)
     name = source.name()
     check_ports_free(cluster, name, model, source.env_file)
+    externals.ensure(cluster.client, model, external_files or {}, labels or {}, progress)
     plan = images.prepare_stack_images(local, model, build, offline, progress)
     networks = network_join.networks_needing_joins(cluster, name, model) if join_networks_first else []
     if not images.image_exists(local, network_join.IMAGE):

@@ -24,7 +24,7 @@ from ..capabilities import IPVS, IPVS_PROBE
 from ..cluster import Cluster, Node
 from ..commands import TLS_CERT_PATHS
 from ..errors import EngineUnreachable, ProvisioningError
-from ..ownership import remove_run_dir
+from ..ownership import SESSION_LABEL, remove_run_dir
 from .base import FixedNodes, LocalEngine, Provider, ProviderRun, wait_ready
 from .engines import TRANSIENT, Endpoint, endpoint_of, engine_client, env_tls
 
@@ -306,9 +306,11 @@ class AttachProvider(FixedNodes):
         }
 
     def down(self) -> None:
-        """Take back the labels this run added and close the clients; the swarm stays."""
+        """Take back the labels this run added, remove the configs and secrets it made, and
+        close the clients; the swarm stays."""
         try:
             self._unlabel()
+            self._remove_made_externals()
         finally:
             for engine in {id(e): e for e in self._engines.values()}.values():
                 engine.close()
@@ -316,6 +318,18 @@ class AttachProvider(FixedNodes):
             if self.client is not None:
                 self.client.close()
                 self.client = None
+
+    def _remove_made_externals(self) -> None:
+        """The configs and secrets this run made for a stack's ``external`` ones (by their id;
+        the run's stacks are gone by now)."""
+        if self.client is None:
+            return
+        mine = {"label": f"{SESSION_LABEL}={self.session.id}"}
+        for item in [*self.client.configs.list(filters=mine), *self.client.secrets.list(filters=mine)]:
+            try:
+                item.remove()
+            except docker.errors.APIError as exc:
+                self.progress(f"attach: {item.name} (made by this run) not removed: {exc}")
 
     @classmethod
     def remove_session(cls, session_id: str, local: LocalEngine) -> list[str]:

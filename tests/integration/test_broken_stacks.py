@@ -116,3 +116,18 @@ def test_a_constraint_no_node_meets_fails_that_service_by_name(pytester: pytest.
         "node.labels.reliability == ultra (node has 'high')"
         in found["test_every_running_task_meets_its_constraints[mongo]"]
     )
+
+
+def test_an_external_secret_without_a_file_is_named_before_deploying(pytester: pytest.Pytester) -> None:
+    def mistake(services: Compose) -> None:
+        services["ui"]["secrets"] = ["site_key"]  # made by hand on the team's swarm
+
+    team_repository(pytester, mistake)
+    compose = pytester.path / "stacks" / "docker-compose.yml"
+    model = yaml.safe_load(compose.read_text())
+    model["secrets"] = {"site_key": {"external": True}}
+    compose.write_text(yaml.safe_dump(model, sort_keys=False))
+    found = failures(pytester, "--pyargs", "pytest_swarm.acceptance.test_replicas", "-x")
+    message = next(iter(found.values()), "")
+    assert "secret site_key (used by ui): no file given" in message, found
+    assert "swarm_external_files" in message, message
