@@ -36,6 +36,7 @@ if TYPE_CHECKING:
 
 Progress = Callable[[str], None]
 LIFECYCLE = pytest.StashKey["SwarmLifecycle"]()
+LESSON_APP_ROLES = ("ui", "post", "comment")  # a stack playing one is the lesson's app
 
 
 def lifecycle_of(config: pytest.Config) -> SwarmLifecycle:
@@ -73,7 +74,9 @@ class SwarmLifecycle:
         self._on_first_use = on_first_use
         self._first_used = False
         self._finished = False
-        self.profile: Profile | None = load_profile(settings.requirements, settings.rootdir)
+        self._profile: Profile | None = load_profile(settings.requirements, settings.rootdir)
+        self._profile_judged = False
+        self.no_profile_because = "--swarm-requirements=none: the stack is held to no requirement profile"
         self.progress = progress
         self.session = Session.new(settings.rootdir)
         self.provider: Provider | None = None
@@ -327,6 +330,27 @@ class SwarmLifecycle:
         if line not in self.summary:
             self.summary.append(line)
 
+    @property
+    def profile(self) -> Profile | None:
+        """The requirement profile the stack is held to. By default the lesson's, if the stack is
+        the lesson's app (a service plays its ui, post or comment, by name or image); another
+        team's app is held to none unless it names one (--swarm-requirements)."""
+        if not self._profile_judged:
+            self._profile_judged = True
+            if self._profile is not None and self.settings.sources.get("requirements") == "default":
+                try:
+                    roles = find_roles(self.declared_model(), self._profile.roles, self.settings.roles)
+                except SwarmError:
+                    return self._profile  # the stack's own tests name what is wrong with it
+                if not any(roles.get(role) for role in LESSON_APP_ROLES):
+                    self._profile = None
+                    self.no_profile_because = (
+                        "no service plays the lesson's ui, post or comment (by name, image or "
+                        "swarm_roles): the lesson's requirement profile is not applied to another "
+                        "app; give your own rules with --swarm-requirements=PATH (or =lesson)"
+                    )
+        return self._profile
+
     def requirement_titles(self) -> list[tuple[str, str]]:
         """(id, title) of each requirement of the profile (none without one)."""
         return [(r.id, r.title) for r in self.profile.requirements] if self.profile else []
@@ -334,7 +358,7 @@ class SwarmLifecycle:
     def roles(self) -> dict[str, list[str]]:
         """role -> services of the --swarm-env stack playing it: by the profile's names (the
         lesson's where the run has no profile) and the ini key swarm_roles."""
-        profile = self.profile or load_profile("lesson", self.settings.rootdir)
+        profile = self._profile or load_profile("lesson", self.settings.rootdir)
         assert profile is not None
         return find_roles(self.declared_model(), profile.roles, self.settings.roles)
 

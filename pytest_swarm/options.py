@@ -83,7 +83,8 @@ OPTIONS: tuple[Option, ...] = (
     ),
     Option(
         "requirements",
-        "the requirement profile the stack is held to: lesson, none, or a rules file (YAML)",
+        "the requirement profile the stack is held to: lesson, none, or a rules file (YAML); by "
+        "default lesson for the lesson's app (a service plays ui, post or comment), none for another",
         "lesson",
     ),
     Option("report", "write a Markdown summary of the run to this file (for a pull request)", ""),

@@ -1,5 +1,5 @@
-"""The requirement profile's rules (``--swarm-requirements``: the lesson's by default), one test
-per requirement, named after it.
+"""The requirement profile's rules (``--swarm-requirements``: by default the lesson's, for the
+lesson's app), one test per requirement, named after it.
 
 These read the compose and env files only (no cluster): the other suites check that swarm
 applies and enforces what the files declare. Each failure names the service, what it declares
@@ -22,10 +22,10 @@ def slug(requirement: Requirement) -> str:
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     if "requirement" not in metafunc.fixturenames:
         return
-    profile = lifecycle_of(metafunc.config).profile
+    lifecycle = lifecycle_of(metafunc.config)
+    profile = lifecycle.profile
     found = list(profile.requirements) if profile else []
-    why = "--swarm-requirements=none: the stack is held to no requirement profile"
-    marks = [] if found else [pytest.mark.skip(reason=why)]
+    marks = [] if found else [pytest.mark.skip(reason=lifecycle.no_profile_because)]
     metafunc.parametrize(
         "requirement", found or [pytest.param(None, marks=marks)], ids=slug if found else None
     )

@@ -228,3 +228,21 @@ def test_the_disruptive_suite_is_skipped_where_a_second_cluster_is_costly_unless
         ["SKIPPED [[]1] *resilience breaks nodes of a cluster of its own; on uml that is *"]
     )
     assert "run it with --swarm-disruptive" in result.stdout.str()
+
+
+def test_another_app_is_held_to_the_lesson_only_when_asked(
+    pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The lesson's rules judge the lesson's app (ui, post, comment): a team's other app gets
+    one skip saying why by default, the rules when it asks for them. Files only: no engine."""
+    monkeypatch.setenv("DOCKER_HOST", "unix:///nonexistent/docker.sock")
+    (pytester.path / ".env_DEV").write_text("ENV=DEV\n")
+    (pytester.path / "docker-compose.yml").write_text(
+        "services:\n  web: {image: 'shop/web:1.0'}\n  db: {image: 'postgres:16'}\n"
+    )
+    suite = ("--swarm-env=dev", "--pyargs", "pytest_swarm.acceptance.test_requirements", "-rs")
+    result = pytester.runpytest(*suite)
+    result.assert_outcomes(skipped=1)
+    result.stdout.fnmatch_lines(["*no service plays the lesson's ui, post or comment*=PATH*"])
+    result = pytester.runpytest(*suite, "--swarm-requirements=lesson")
+    assert result.parseoutcomes()["failed"] >= 10, result.stdout.str()  # no ui, post, comment...
