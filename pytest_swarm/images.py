@@ -21,7 +21,6 @@ import tarfile
 import tempfile
 import time
 from collections.abc import Callable, Collection, Iterator, Mapping
-from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -402,18 +401,8 @@ def prepare_images(
 
     # what is built first: a service may run the image another service's build: makes
     order = sorted(service_images, key=lambda service: (service not in recipes, service))
-    # One recipe of each kind first, side by side: on a first run the slow first steps (each
-    # kind's packages) are built at the same time; the recipes that begin alike then reuse them
-    # from the build cache, one after another.
-    first = first_of_each_kind({service: recipes[service] for service in order if service in recipes})
-    prepared: dict[str, list[str]] = {}
-    if len(first) > 1:
-        with ThreadPoolExecutor(max_workers=len(first), thread_name_prefix="swarm-build") as pool:
-            started = {service: pool.submit(prepare, service) for service in first}
-        for service in first:
-            prepared[service] = started[service].result()  # its error, raised here
     for service in order:
-        plan.refs += prepared[service] if service in prepared else prepare(service)
+        plan.refs += prepare(service)
     if missing:  # every one at once: a team fixes them together
         raise ImageBuildError(
             "images neither on the local engine nor pullable: build each (docker build -t IMAGE ...), "
@@ -423,33 +412,6 @@ def prepare_images(
             + "\n".join(f"  {service}: {service_images[service]}" for service in sorted(missing))
         )
     return plan
-
-
-def first_of_each_kind(recipes: Mapping[str, compose.Build]) -> list[str]:
-    """The first service of each kind of recipe, in order: recipes of a kind begin with the same
-    instructions up to their first ``RUN`` (the step the build cache then shares)."""
-    first: dict[str, str] = {}
-    for service, recipe in recipes.items():
-        try:
-            text = (recipe.context / recipe.dockerfile).read_text()
-        except OSError:
-            text = service  # build_image names the missing recipe
-        first.setdefault(_opening(text), service)
-    return list(first.values())
-
-
-def _opening(dockerfile: str) -> str:
-    """The instructions up to the first ``RUN`` and its continuation lines, comments and
-    spacing aside."""
-    lines = [ln.strip() for ln in dockerfile.splitlines() if ln.strip() and not ln.lstrip().startswith("#")]
-    opening: list[str] = []
-    in_run = False
-    for line in lines:
-        if in_run and not opening[-1].endswith("\\"):
-            break
-        opening.append(" ".join(line.split()))
-        in_run = in_run or line.upper().startswith("RUN ")
-    return "\n".join(opening)
 
 
 VARIANTS = {"next": {}, "broken": {"BROKEN": "1"}}  # suffix -> extra build args

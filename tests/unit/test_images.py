@@ -1,4 +1,4 @@
-"""The base image's bootstrap and the order of builds, as commands and files (no engine)."""
+"""The base image's bootstrap, as commands and files (no engine)."""
 
 from pathlib import Path
 
@@ -35,21 +35,3 @@ def test_the_bootstrap_prefers_mmdebstrap_and_unpacks_no_docs(monkeypatch: pytes
     installed.clear()
     with pytest.raises(ImageBuildError, match="apt-get install mmdebstrap"):
         bootstrap_command(Path("/r"), "http://m/debian")
-
-
-def test_one_recipe_of_each_kind_is_built_first(tmp_path: Path) -> None:
-    python = "FROM debian:bookworm-slim\nRUN apt-get update \\\n && apt-get install python3\nCOPY {0}.py /\n"
-    recipes = {}
-    for service, text in {
-        "comment": python.format("comment"),
-        "node-exporter": "# packages\nFROM debian:bookworm-slim AS pkg\nRUN apt-get install -y exporter\n",
-        "post": python.format("post").replace("RUN  apt-get", "RUN apt-get"),
-        "ui": "# the same steps, spaced otherwise\n" + python.format("ui").replace(" && ", "    &&  "),
-        "web": "FROM busybox\nCOPY index.html /www/\n",
-        "gone": None,
-    }.items():
-        (tmp_path / service).mkdir()
-        if text is not None:
-            (tmp_path / service / "Dockerfile").write_text(text)
-        recipes[service] = images.compose.Build(context=tmp_path / service)
-    assert images.first_of_each_kind(recipes) == ["comment", "node-exporter", "web", "gone"]
