@@ -243,7 +243,11 @@ class Updates:
         update_image(stack, service, broken, flags)
         state = wait_update(service, deadline, self.together.sleep)
         if state == "rollback_completed":  # swarm says so as the restored tasks start
-            restored_within = rolling.START_ALLOWANCE + (health.interval if health else 0.0)
+            # a restored task counts once its healthcheck passes: the engine gives a slow start
+            # (a loaded node) until it would be judged unhealthy, so the check waits as long
+            restored_within = rolling.START_ALLOWANCE + (
+                health.seconds_to_unhealthy() + health.interval if health else 0.0
+            )
             wait_restored(service, original, restored_within, self.together.sleep)
         images = sorted({t.image.split("@")[0] for t in service.running_tasks()})
         rollback = declared.update_config(spec, "rollback_config")

@@ -73,7 +73,7 @@ def test_the_lessons_suites_pass_over_ssh_and_leave_nothing(
         timeout=1800,
     )
     output = run.stdout + run.stderr
-    assert run.returncode == 0, output[-6000:]
+    assert run.returncode == 0, failures_of(junit) + output[-3000:]
     passed = {
         f"{case.get('classname')}::{case.get('name')}"
         for case in ET.parse(junit).getroot().iter("testcase")
@@ -82,3 +82,16 @@ def test_the_lessons_suites_pass_over_ssh_and_leave_nothing(
     for ipvs in ("test_mesh", "test_app"):
         assert any(f".{ipvs}::" in name for name in passed), f"no {ipvs} test passed:\n{output[-3000:]}"
     assert leftovers(hosts, run_root, _session_of(output)) == []
+
+
+def failures_of(junit: Path) -> str:
+    """Each failed test of the run and its message first: the output's tail is its evidence."""
+    if not junit.is_file():
+        return ""
+    found = []
+    for case in ET.parse(junit).getroot().iter("testcase"):
+        for problem in case:
+            if problem.tag in ("failure", "error"):
+                name = f"{case.get('classname')}::{case.get('name')}"
+                found.append(f"{name}: {(problem.get('message') or '')[:800]}")
+    return "\n".join(found) + "\n---\n" if found else ""
