@@ -8,7 +8,9 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 
+import docker.errors
 import pytest
+import requests
 
 from .commands import run_docker
 from .errors import SwarmError
@@ -84,7 +86,16 @@ def _docker(stack: DeployedStack, args: Sequence[str]) -> str:
 
 
 def collect(stack: DeployedStack, services: Sequence[str] = ()) -> str:
-    """Evidence about ``stack``; logs of ``services`` (short names), or of the unconverged ones."""
+    """Evidence about ``stack``; logs of ``services`` (short names), or of the unconverged ones.
+    A cluster that no longer answers (its managers killed by the check) is said, not raised:
+    the test's own failure is what the report must show."""
+    try:
+        return _collect(stack, services)
+    except (docker.errors.DockerException, requests.exceptions.RequestException, SwarmError) as exc:
+        return f"(no evidence: the cluster of stack {stack.name} did not answer: {exc})"
+
+
+def _collect(stack: DeployedStack, services: Sequence[str]) -> str:
     parts = [
         _section("docker node ls", "\n".join(n.describe() for n in stack.cluster.nodes())),
         _section(
