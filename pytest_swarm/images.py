@@ -355,18 +355,16 @@ def prepare_images(
     in ``updated`` also get the versions the update suites deploy (``build_variants``).
 
     Raises:
-        ImageBuildError: an image is neither present, buildable nor pullable: names the service.
+        ImageBuildError: images neither present, buildable nor pullable: names each service.
     """
     plan = ImagePlan()
     recipes = {
         **(builds or {}),
         **{service: compose.Build(context=context) for service, context in build.items()},
     }
-
     missing: list[str] = []  # services whose image is neither present, buildable nor pullable
-
-    def prepare(service: str) -> list[str]:
-        ref = service_images[service]
+    # what is built first: a service may run the image another service's build: makes
+    for service, ref in sorted(service_images.items(), key=lambda kv: (kv[0] not in recipes, kv[0])):
         tag = ref.rpartition(":")[2] if ":" in ref.rsplit("/", 1)[-1] else "latest"
         recipe = recipes.get(service)
         if recipe is not None:
@@ -396,13 +394,10 @@ def prepare_images(
                 plan.standins[service] = ref
         elif not _pull(client, ref):
             missing.append(service)
-            return []
-        return [ref, *(build_variants(client, recipe, ref, progress) if service in updated else [])]
-
-    # what is built first: a service may run the image another service's build: makes
-    order = sorted(service_images, key=lambda service: (service not in recipes, service))
-    for service in order:
-        plan.refs += prepare(service)
+            continue
+        plan.refs.append(ref)
+        if service in updated:
+            plan.refs += build_variants(client, recipe, ref, progress)
     if missing:  # every one at once: a team fixes them together
         raise ImageBuildError(
             "images neither on the local engine nor pullable: build each (docker build -t IMAGE ...), "
