@@ -53,7 +53,7 @@ def ensure(
     """Create each external config and secret of ``model`` the cluster lacks from its file.
 
     Raises:
-        StackError: naming every one that has no file (or whose file can't be read).
+        StackError: naming every one without a file (none given, or not a file).
     """
     missing = []
     for (kind, name), users in sorted(declared(model).items()):

@@ -320,8 +320,8 @@ class AttachProvider(FixedNodes):
                 self.client = None
 
     def _remove_made_externals(self) -> None:
-        """The configs and secrets this run made for a stack's ``external`` ones (by their id;
-        the run's stacks are gone by now)."""
+        """The configs and secrets this run made for a stack's ``external`` ones, found by the
+        run's session label (the run's stacks are gone by now)."""
         if self.client is None:
             return
         mine = {"label": f"{SESSION_LABEL}={self.session.id}"}
