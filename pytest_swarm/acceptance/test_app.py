@@ -12,15 +12,26 @@ from collections.abc import Callable
 import pytest
 import requests
 
-from pytest_swarm import Cluster, DeployedStack, Poll, Settings, wait_for
+from pytest_swarm import Cluster, DeployedStack, Poll, Settings, mesh, wait_for
 
 
-def ui_port(swarm_stack: DeployedStack, swarm_role: Callable[[str], str]) -> int:
+def two_nodes_serving(
+    swarm: Cluster, swarm_stack: DeployedStack, swarm_role: Callable[[str], str]
+) -> tuple[int, str, str]:
+    """The ui's published port and two nodes' addresses, once each answers on it: a node
+    programs the port only when the ui's endpoints reach it by gossip, seconds after the stack
+    converged on a loaded cluster (``mesh.first_answer``)."""
     ui = swarm_role("ui")
     port = swarm_stack.published_port(ui)
     if port is None:
         pytest.skip(f"{ui} publishes no port")
-    return port
+    first, second = [swarm.addresses[n] for n in sorted(swarm.addresses)[:2]]
+    for address in (first, second):
+        answer = mesh.first_answer(address, port)
+        assert answer.status == 200, (
+            f"{ui} did not answer through {address}:{port} within {mesh.READY_TIMEOUT:g} s: {answer}"
+        )
+    return port, first, second
 
 
 def add_post(address: str, port: int) -> tuple[str, str]:
@@ -43,8 +54,7 @@ def add_post(address: str, port: int) -> tuple[str, str]:
 def test_a_post_added_on_one_node_is_read_on_another(
     swarm: Cluster, swarm_stack: DeployedStack, swarm_settings: Settings, swarm_role: Callable[[str], str]
 ) -> None:
-    port = ui_port(swarm_stack, swarm_role)
-    first, second = [swarm.addresses[n] for n in sorted(swarm.addresses)[:2]]
+    port, first, second = two_nodes_serving(swarm, swarm_stack, swarm_role)
     title, post_id = add_post(first, port)
 
     page = requests.get(f"http://{second}:{port}/", timeout=10)
@@ -70,9 +80,8 @@ def test_a_post_added_on_one_node_is_read_on_another(
 def test_a_post_survives_a_restart_of_the_database_task(
     swarm: Cluster, swarm_stack: DeployedStack, swarm_settings: Settings, swarm_role: Callable[[str], str]
 ) -> None:
-    port = ui_port(swarm_stack, swarm_role)
+    port, first, second = two_nodes_serving(swarm, swarm_stack, swarm_role)
     mongo = swarm_role("mongo")
-    first, second = [swarm.addresses[n] for n in sorted(swarm.addresses)[:2]]
     title, post_id = add_post(first, port)
 
     service = swarm_stack.service(mongo)
