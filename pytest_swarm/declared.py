@@ -187,6 +187,16 @@ def replicas(service: Mapping[str, Any]) -> int | None:
     return int(section.get("replicas", 1))
 
 
+def bind_sources(service: Mapping[str, Any]) -> list[str]:
+    """The host paths a rendered service bind-mounts (``docker stack config`` writes each
+    ``./x:/y`` as ``type: bind`` with an absolute ``source``)."""
+    return [
+        str(v["source"])
+        for v in service.get("volumes") or []
+        if isinstance(v, Mapping) and v.get("type") == "bind" and v.get("source")
+    ]
+
+
 @dataclass(frozen=True)
 class Healthcheck:
     """A task's healthcheck timings. The engine runs the first check ``interval`` after the start

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 import docker
 import pytest
 
+from . import declared
 from .cluster import Cluster, Node
 from .errors import ConvergenceTimeout, ProvisioningError, StackError, SwarmError
 from .images import prepare_stack_images
@@ -324,6 +325,27 @@ class SwarmLifecycle:
             "the nodes here the same labels in the ini file (or SWARM_NODE_LABELS / SWARM_ENGINE_LABELS):\n"
             + "\n".join(lines)
         )
+
+    def note_team_files_bound(self) -> None:
+        """Say once, before the deploy, which services bind-mount the team's own files (paths
+        under the rootdir or a compose file's folder) where the nodes are this run's own: swarm
+        starts such a task only on a node that has the path, and these nodes are fresh, so each
+        check of the service would otherwise fail on docker's "bind source path does not exist"
+        with nothing to say why. On a team's own swarm the nodes may have them: no note there."""
+        if "engine" not in provider_class(self.settings.provider).gives_labels:
+            return
+        roots = {self.settings.rootdir, *(f.parent for f in self.settings.stacks)}
+        roots = {r.resolve() for r in roots} - {Path("/")}
+        for name, spec in sorted((self.declared_model().get("services") or {}).items()):
+            ours = [p for p in declared.bind_sources(spec) if any(Path(p).is_relative_to(r) for r in roots)]
+            if ours:
+                self.note(
+                    f"{name} bind-mounts this machine's {', '.join(ours)}: swarm starts its tasks only "
+                    f"on nodes that have these paths, and the {self.settings.provider} nodes are new "
+                    "(its tasks are rejected: bind source path does not exist). On a swarm of several "
+                    "nodes each one that may run it needs them: ship a file as a config or secret, "
+                    "data in a named volume, or pin the service to the node that has them"
+                )
 
     def note(self, line: str) -> None:
         """A line for the terminal summary and the report's notes (each said once)."""

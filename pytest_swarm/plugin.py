@@ -164,6 +164,7 @@ def pytest_sessionstart(session: pytest.Session) -> None:
     try:
         lifecycle.declared_model()
         lifecycle.check_labels()
+        lifecycle.note_team_files_bound()
     except SwarmError as exc:
         raise pytest.UsageError(f"swarm: {exc}") from exc
 

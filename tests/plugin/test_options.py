@@ -246,3 +246,29 @@ def test_another_app_is_held_to_the_lesson_only_when_asked(
     result.stdout.fnmatch_lines(["*no service plays the lesson's ui, post or comment*=PATH*"])
     result = pytester.runpytest(*suite, "--swarm-requirements=lesson")
     assert result.parseoutcomes()["failed"] >= 10, result.stdout.str()  # no ui, post, comment...
+
+
+def test_the_teams_own_files_bind_mounted_are_named_once_before_the_deploy(
+    pytester: pytest.Pytester,
+) -> None:
+    """On nodes this run makes, a bind mount of a file of the project can't start: one note says
+    so and what a swarm of several nodes needs instead; a node's own path is not named."""
+    (pytester.path / ".env_DEV").write_text("ENV=DEV\n")
+    (pytester.path / "conf").mkdir()
+    (pytester.path / "conf" / "app.conf").write_text("x = 1\n")
+    (pytester.path / "docker-compose.yml").write_text(
+        "services:\n"
+        "  web:\n"
+        "    image: web:1\n"
+        "    volumes: [./conf/app.conf:/etc/app.conf, /var/run/docker.sock:/var/run/docker.sock]\n"
+        "  agent:\n"
+        "    image: agent:1\n"
+        "    volumes: [/proc:/host/proc:ro]\n"
+    )
+    pytester.makepyfile("def test_nothing(): pass")
+    result = pytester.runpytest("--swarm-env=dev")
+    assert result.ret == 0, result.stderr.str()
+    result.stdout.fnmatch_lines(
+        [f"web bind-mounts this machine's {pytester.path}/conf/app.conf: *config or secret*"]
+    )
+    assert "docker.sock" not in result.stdout.str() and "agent bind-mounts" not in result.stdout.str()

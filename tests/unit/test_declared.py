@@ -126,3 +126,15 @@ def test_restarts_within_a_window_are_counted_in_it() -> None:
     assert wrong == [
         "not restarted after run 3 though only 2 restarts fell in the 10 s window before it (max_attempts 3)"
     ]
+
+
+def test_bind_sources_are_the_bind_mounts_host_paths() -> None:
+    service = {
+        "volumes": [
+            {"type": "bind", "source": "/srv/app/conf", "target": "/etc/app"},
+            {"type": "volume", "source": "data", "target": "/data"},
+            {"type": "tmpfs", "target": "/tmp"},
+        ]
+    }
+    assert declared.bind_sources(service) == ["/srv/app/conf"]
+    assert declared.bind_sources({}) == []
