@@ -18,8 +18,8 @@ Where the deadlines come from (swarmkit, the orchestration inside every engine):
   ``Raft.ElectionTick``, 10) of one second, randomised up to twice that; two managers whose
   timers fire in the same tick split the vote and wait again (with ticks of one second, about
   one election in ten), so a leader is awaited over three such rounds;
-- a manager that has had no leader for 10 ticks (swarmkit's ``lostQuorumTimeout``) refuses a
-  change at once; until then it holds the call, waiting for a leader;
+- a manager that has had no leader for more than 10 ticks (swarmkit's ``lostQuorumTimeout``)
+  refuses a change at once; until then it holds the call, waiting for a leader;
 - a worker cut off retries its session with a backoff of at most 8 s, and gRPC gives one
   connection attempt 20 s.
 """
@@ -42,7 +42,9 @@ DEFAULT_HEARTBEAT = 5.0  # swarmkit's DefaultHeartBeatPeriod, when the spec has 
 DEFAULT_ELECTION_TICK = 10
 RAFT_TICK = 1.0  # seconds per raft tick in swarmkit's managers
 ELECTION_ROUNDS = 3  # a split vote is followed by another round; two in a row are rare (~1%)
-LOST_QUORUM_TICKS = 10  # swarmkit's lostQuorumTimeout: ticks without a leader before changes are refused
+# changes are refused once a manager's ticks without a leader exceed swarmkit's lostQuorumTimeout, 10
+LOST_QUORUM_TICKS = 11
+ASK_EVERY = 1.0  # seconds between two changes asked of a manager that holds calls
 AGENT_MAX_BACKOFF = 8.0  # swarmkit agent's maxSessionFailureBackoff
 GRPC_CONNECT = 20.0  # gRPC's minimum connect timeout: one attempt at the manager
 DEFAULT_RESTART_DELAY = 5.0  # swarm's restart_policy.delay when none is declared
@@ -119,13 +121,14 @@ class SwarmTimers:
 
     def changes_refused(self) -> Deadline:
         """From the loss of a majority of managers until a survivor refuses a change: its
-        election timer fires (at most twice the election tick), then it has no leader for
-        swarmkit's lostQuorumTimeout ticks."""
-        seconds = (2 * self.election_tick + LOST_QUORUM_TICKS) * RAFT_TICK + SLACK
+        election timer fires (under twice the election tick), then it has no leader for more than
+        swarmkit's lostQuorumTimeout ticks, then the next change asked (every ASK_EVERY s) is
+        refused."""
+        seconds = (2 * self.election_tick + LOST_QUORUM_TICKS) * RAFT_TICK + ASK_EVERY + SLACK
         return Deadline(
             seconds,
             f"2 x election tick {self.election_tick} x {RAFT_TICK:g} s + {LOST_QUORUM_TICKS} ticks "
-            f"without a leader + {SLACK:g} s",
+            f"without a leader + a change asked every {ASK_EVERY:g} s + {SLACK:g} s",
         )
 
     def rejoin(self) -> Deadline:

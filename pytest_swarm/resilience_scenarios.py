@@ -367,15 +367,16 @@ class Disruptions(ScenarioRunner):
 
     def _refuses(self, survivor: str, own: dict[str, Any], refusal: list[str]) -> Callable[[], Poll[None]]:
         """A change asked of ``survivor`` (a label on its own node, ``own`` as it was before the
-        loss) is refused for want of a leader. Asked again every second without waiting for a
-        call the manager holds (it holds one until its own deadline while it still believes in
-        the lost leader)."""
+        loss) is refused for want of a leader. Asked again every ASK_EVERY seconds without
+        waiting for a call the manager holds (it holds one until its own deadline while it still
+        believes in the lost leader)."""
         engine = self.swarm.engines[survivor]
         labels = {**(own["Spec"].get("Labels") or {}), "io.pytest-swarm.quorum-probe": "asked"}
         asking = self.managers.asking(
             partial(
                 engine.api.update_node, own["ID"], own["Version"]["Index"], {**own["Spec"], "Labels": labels}
-            )
+            ),
+            every=resilience.ASK_EVERY,
         )
 
         def probe() -> Poll[None]:
