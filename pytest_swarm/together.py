@@ -153,7 +153,9 @@ def early_work_last(items: list[pytest.Item]) -> None:
     """Order the modules around the work started early, each group keeping the order it had
     (pytest-randomly's shuffle, or the files'):
 
-    1. the others: they run while the early work does, instead of waiting for it;
+    1. the others: they run while the early work does, instead of waiting for it; those that
+       say ``READS_LATE = True`` last among them (their check waits on the stack's own pace,
+       e.g. prometheus finding and scraping new tasks: by then that wait has mostly passed);
     2. those that started early work (they define ``start_early``): they wait for it, check it
        and remove what it made (side-by-side envs load every node while they are up); in the
        order their work was started (``START_EARLY_ORDER``), so the first checks its work
@@ -172,7 +174,7 @@ def early_work_last(items: list[pytest.Item]) -> None:
             return (2, 0)
         if hasattr(module, "start_early"):
             return (1, getattr(module, "START_EARLY_ORDER", 0))
-        return (0, 0)
+        return (0, 1) if getattr(module, "READS_LATE", False) else (0, 0)
 
     def module_of(item: pytest.Item) -> str | None:
         return getattr(getattr(item, "module", None), "__name__", None)

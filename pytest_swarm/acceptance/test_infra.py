@@ -17,6 +17,9 @@ import pytest
 
 from pytest_swarm import DeployedStack, Poll, Settings, Task, wait_for
 
+# Prometheus finds a new task by DNS and scrapes it on its own intervals: this check runs after
+# the other reads of the stack, by when that has mostly happened.
+READS_LATE = True
 API = (
     "exec 3<>/dev/tcp/127.0.0.1/9090 && "
     "printf 'GET /api/v1/targets?state=active HTTP/1.0\\r\\n\\r\\n' >&3 && cat <&3"

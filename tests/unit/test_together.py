@@ -90,7 +90,9 @@ def test_modules_around_early_work_keep_their_order_within_each_group() -> None:
     envs = module("envs", start_early=print)
     restart = module("restart", start_early=print, START_EARLY_ORDER=1)
     scaling, limits, cluster = module("scaling"), module("limits"), module("cluster")
+    infra = module("infra", READS_LATE=True)
     items = [
+        SimpleNamespace(module=infra, fixturenames=[], name="i1"),
         SimpleNamespace(module=resilience, fixturenames=[], name="x1"),
         SimpleNamespace(module=restart, fixturenames=[], name="r1"),
         SimpleNamespace(module=updates, fixturenames=[], name="u1"),
@@ -102,9 +104,9 @@ def test_modules_around_early_work_keep_their_order_within_each_group() -> None:
         SimpleNamespace(module=envs, fixturenames=[], name="e2"),
     ]
     early_work_last(items)  # type: ignore[arg-type]
-    # the others as they came; then who started early work, in the order it started; then who
-    # waits for all of it; last, who works on a cluster of its own
-    assert [i.name for i in items] == ["l1", "c1", "e1", "e2", "r1", "u1", "s1", "s2", "x1"]
+    # the others as they came, who reads late last among them; then who started early work, in
+    # the order it started; then who waits for all of it; last, who works on a cluster of its own
+    assert [i.name for i in items] == ["l1", "c1", "i1", "e1", "e2", "r1", "u1", "s1", "s2", "x1"]
 
 
 def test_operations_wait_for_start_when_their_holder_is_not_ready() -> None:
