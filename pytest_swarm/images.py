@@ -21,6 +21,7 @@ import tarfile
 import tempfile
 import time
 from collections.abc import Callable, Collection, Iterator, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -35,6 +36,7 @@ from .errors import ImageBuildError
 
 BASE_IMAGE = "debian:bookworm-slim"
 BUILD_HEARTBEAT = 10.0  # seconds between two lines about one build
+BUILDS_AT_ONCE = 2  # recipes of different kinds built side by side (bench/README.md)
 BASE_SUITE = "bookworm"
 BOOTSTRAP_LABEL = "io.pytest-swarm.bootstrap"
 MERGED_USR_HOOK = Path("/usr/share/mmdebstrap/hooks/merged-usr")
@@ -362,9 +364,11 @@ def prepare_images(
         **(builds or {}),
         **{service: compose.Build(context=context) for service, context in build.items()},
     }
-    missing: list[str] = []  # services whose image is neither present, buildable nor pullable
-    # what is built first: a service may run the image another service's build: makes
-    for service, ref in sorted(service_images.items(), key=lambda kv: (kv[0] not in recipes, kv[0])):
+
+    def prepare(service: str) -> list[str] | None:
+        """The refs ``service`` brings to the nodes; None when its image is neither present,
+        buildable nor pullable."""
+        ref = service_images[service]
         tag = ref.rpartition(":")[2] if ":" in ref.rsplit("/", 1)[-1] else "latest"
         recipe = recipes.get(service)
         if recipe is not None:
@@ -393,11 +397,28 @@ def prepare_images(
                 )
                 plan.standins[service] = ref
         elif not _pull(client, ref):
+            return None
+        return [ref, *(build_variants(client, recipe, ref, progress) if service in updated else [])]
+
+    # what is built first: a service may run the image another service's build makes
+    order = sorted(service_images, key=lambda service: (service not in recipes, service))
+    # Recipes of different kinds build side by side: one build mostly keeps one core busy
+    # (unpacking packages, committing a layer). Those of a kind share their first steps through
+    # the build cache, so they build one after another.
+    kinds = recipe_kinds({service: recipes[service] for service in order if service in recipes})
+    prepared: dict[str, list[str] | None] = {}
+    if len(kinds) > 1:
+        with ThreadPoolExecutor(max_workers=BUILDS_AT_ONCE, thread_name_prefix="swarm-build") as pool:
+            started = [pool.submit(lambda kind: {s: prepare(s) for s in kind}, kind) for kind in kinds]
+        for future in started:
+            prepared.update(future.result())  # the first kind's error, raised here
+    missing: list[str] = []  # services whose image is neither present, buildable nor pullable
+    for service in order:
+        refs = prepared[service] if service in prepared else prepare(service)
+        if refs is None:
             missing.append(service)
-            continue
-        plan.refs.append(ref)
-        if service in updated:
-            plan.refs += build_variants(client, recipe, ref, progress)
+        else:
+            plan.refs += refs
     if missing:  # every one at once: a team fixes them together
         raise ImageBuildError(
             "images neither on the local engine nor pullable: build each (docker build -t IMAGE ...), "
@@ -407,6 +428,34 @@ def prepare_images(
             + "\n".join(f"  {service}: {service_images[service]}" for service in sorted(missing))
         )
     return plan
+
+
+def recipe_kinds(recipes: Mapping[str, compose.Build]) -> list[list[str]]:
+    """The services grouped by kind of recipe, each group and the groups in order: recipes of a
+    kind begin with the same instructions up to their first ``RUN`` (the step the build cache
+    then shares)."""
+    kinds: dict[str, list[str]] = {}
+    for service, recipe in recipes.items():
+        try:
+            text = (recipe.context / recipe.dockerfile).read_text()
+        except OSError:
+            text = service  # build_image names the missing recipe
+        kinds.setdefault(_opening(text), []).append(service)
+    return list(kinds.values())
+
+
+def _opening(dockerfile: str) -> str:
+    """The instructions up to the first ``RUN`` and its continuation lines, comments and
+    spacing aside."""
+    lines = [ln.strip() for ln in dockerfile.splitlines() if ln.strip() and not ln.lstrip().startswith("#")]
+    opening: list[str] = []
+    in_run = False
+    for line in lines:
+        if in_run and not opening[-1].endswith("\\"):
+            break
+        opening.append(" ".join(line.split()))
+        in_run = in_run or line.upper().startswith("RUN ")
+    return "\n".join(opening)
 
 
 VARIANTS = {"next": {}, "broken": {"BROKEN": "1"}}  # suffix -> extra build args

@@ -1,4 +1,4 @@
-"""The base image's bootstrap, as commands and files (no engine)."""
+"""The base image's bootstrap and the grouping of builds, as commands and files (no engine)."""
 
 from pathlib import Path
 
@@ -35,3 +35,21 @@ def test_the_bootstrap_prefers_mmdebstrap_and_unpacks_no_docs(monkeypatch: pytes
     installed.clear()
     with pytest.raises(ImageBuildError, match="apt-get install mmdebstrap"):
         bootstrap_command(Path("/r"), "http://m/debian")
+
+
+def test_recipes_of_a_kind_are_grouped_to_build_one_after_another(tmp_path: Path) -> None:
+    python = "FROM debian:bookworm-slim\nRUN apt-get update \\\n && apt-get install python3\nCOPY {0}.py /\n"
+    recipes = {}
+    for service, text in {
+        "comment": python.format("comment"),
+        "node-exporter": "# packages\nFROM debian:bookworm-slim AS pkg\nRUN apt-get install -y exporter\n",
+        "post": python.format("post"),
+        "ui": "# the same steps, spaced otherwise\n" + python.format("ui").replace(" && ", "    &&  "),
+        "web": "FROM busybox\nCOPY index.html /www/\n",
+        "gone": None,
+    }.items():
+        (tmp_path / service).mkdir()
+        if text is not None:
+            (tmp_path / service / "Dockerfile").write_text(text)
+        recipes[service] = images.compose.Build(context=tmp_path / service)
+    assert images.recipe_kinds(recipes) == [["comment", "post", "ui"], ["node-exporter"], ["web"], ["gone"]]
