@@ -15,10 +15,10 @@ So before such a stack is deployed, one small task per node joins all of its net
 joins them one after another), each node after the previous one is in: the first node joins
 with no peer to sync with, each next one syncs with peers that are not joining. When the
 stack's tasks arrive, every node is in every network and joins none. The join services are
-removed once the stack has converged. Stacks do this one at a time. Engines from 29.6 on wait
-for each answer on its own channel; there this step is skipped, and where the provider says
-(uml: a task takes about 13 s to start there, so 3 nodes one by one cost more than the stall;
-attach: the swarm is someone else's, where only the stacks are deployed).
+removed once the stack has converged. The stacks of a cluster do this one at a time. Engines
+from 29.6 on wait for each answer on its own channel; there this step is skipped, and where the
+provider says (uml: a task takes about 13 s to start there, so 3 nodes one by one cost more
+than the stall; attach: the swarm is someone else's, where only the stacks are deployed).
 """
 
 from __future__ import annotations
@@ -42,8 +42,15 @@ from .waiting import Poll, wait_for
 FIXED_IN = (29, 6)
 IMAGE = BASE_IMAGE  # has sleep; every image the project builds starts from it, so it adds no layer
 SERVICE = "network-join"
-# One stack's joins at a time: two stacks joining their networks together would be two joins at once.
-_ONE_AT_A_TIME = threading.Lock()
+# One stack's joins at a time on a cluster: two stacks joining their networks together would be
+# two joins at once on a node. Another cluster's nodes are others: its joins don't wait.
+_JOINING: dict[str, threading.Lock] = {}
+_JOINING_GUARD = threading.Lock()
+
+
+def _one_at_a_time(cluster: Cluster) -> threading.Lock:
+    with _JOINING_GUARD:
+        return _JOINING.setdefault(cluster.manager_url, threading.Lock())
 
 
 def engine_release(version: str) -> tuple[int, int]:
@@ -116,7 +123,7 @@ def join_networks(
     stack's tasks are in place (the first one creates the networks)."""
     nodes = [n for n in cluster.nodes() if n.state == "ready" and n.availability == "active"]
     made: list[str] = []
-    with _ONE_AT_A_TIME, tempfile.TemporaryDirectory(prefix="pytest-swarm-join-") as folder:
+    with _one_at_a_time(cluster), tempfile.TemporaryDirectory(prefix="pytest-swarm-join-") as folder:
         for step, node in enumerate(nodes, start=1):
             path = Path(folder) / f"{SERVICE}-{step}.yml"
             path.write_text(yaml.safe_dump(join_compose(model, networks, IMAGE, node.id, step)))
