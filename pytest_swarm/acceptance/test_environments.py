@@ -3,8 +3,7 @@
 The envs of ``--swarm-side-by-side`` (default: every other env file), and EXTRA (a copy of the
 main env to remove, when that test is selected), are deployed beside ``--swarm-env`` all at the
 same time, in the background from the session's start when one of these tests is selected (its
-deploy is mostly waiting: first healthchecks, overlay joins), and removed after this module, in
-the background too.
+deploy is mostly waiting: first healthchecks, overlay joins), and removed after this module.
 """
 
 from __future__ import annotations
@@ -18,7 +17,6 @@ from pathlib import Path
 import pytest
 
 from pytest_swarm import (
-    EARLY,
     STACK_LABEL,
     Cluster,
     DeployedStack,
@@ -56,7 +54,6 @@ class SideBySide:
     def __init__(self, lifecycle: SwarmLifecycle, sources: Mapping[str, StackSource]) -> None:
         self.envs = list(sources)
         self.made: list[DeployedStack] = []  # removed even if its convergence fails
-        self._removing: Together[str, None] | None = None
         self._deploying: Together[str, DeployedStack] = Together(
             {
                 env: partial(lifecycle.deploy, source, on_deployed=self.made.append)
@@ -77,24 +74,17 @@ class SideBySide:
         return {env: self._deploying.outcome(env, timeout=0).get() for env in self.envs}
 
     def wait(self) -> None:
-        """Until every deploy has converged or failed, and the stacks removed are gone."""
+        """Until every deploy has converged or failed."""
         self._deploying.close()
-        if self._removing is not None:
-            self._removing.close()
-
-    def remove(self) -> None:
-        """Start removing every stack made, all at the same time, in the background."""
-        self._deploying.close()
-        made, self.made = self.made, []
-        if self._removing is None:
-            self._removing = Together({"remove": partial(remove_all, made)}, name="remove")
 
     def close(self) -> None:
-        """Remove what is left; raise if a stack could not be removed."""
         self.remove()
-        assert self._removing is not None
-        self._removing.close()
-        self._removing.outcome("remove", timeout=0).get()
+
+    def remove(self) -> None:
+        """Remove every stack made, at the same time; raise if one could not be removed."""
+        self._deploying.close()
+        made, self.made = self.made, []
+        remove_all(made)
 
 
 @pytest.fixture(scope="module")
@@ -102,9 +92,7 @@ def side_by_side(
     request: pytest.FixtureRequest, swarm_stack: DeployedStack, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[dict[str, DeployedStack]]:
     """The side-by-side envs and EXTRA, each converged (deployed at the same time, from the
-    session's start when acceptance/conftest.py started them); all removed after this module,
-    in the background: what changes nodes or times an update waits for it (wait_early), the
-    session's end for its outcome."""
+    session's start when acceptance/conftest.py started them); all removed after this module."""
     deploying = take_early(request) or start_early(request, swarm_stack, tmp_path_factory.mktemp("extra"))
     if deploying is None:
         pytest.skip("no other env to deploy side by side (env files: swarm_env_files; --swarm-side-by-side)")
@@ -112,7 +100,6 @@ def side_by_side(
         yield deploying.stacks()
     finally:
         deploying.remove()
-        request.config.stash.setdefault(EARLY, {})[request.module.__name__] = deploying
 
 
 def start_early(request: pytest.FixtureRequest, main: DeployedStack, folder: Path) -> SideBySide | None:

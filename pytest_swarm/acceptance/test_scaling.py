@@ -162,13 +162,11 @@ def wait_whole_without(service: Service, node_id: str, timeout: float) -> None:
 def test_a_new_worker_gets_global_tasks_and_the_next_replicas(
     swarm: Cluster,
     swarm_stack: DeployedStack,
-    scaled: Together[str, list[str]],
     swarm_node_control: Provider,
     swarm_settings: Settings,
+    scaled: Together[str, list[str]],
 ) -> None:
-    """Skipped where the provider can't add nodes (attach: someone else's swarm). The scale
-    checks start first (``scaled`` before ``swarm_node_control``, which waits for the work
-    started early): they change no node."""
+    """Skipped where the provider can't add nodes (attach: someone else's swarm)."""
     scaled.close()  # the scale checks of this module are done before a node joins
     swarm_provider = swarm_node_control
     # A service with no running task never came up: its own tests say so; here it would only
