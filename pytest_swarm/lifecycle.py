@@ -332,7 +332,7 @@ class SwarmLifecycle:
         starts such a task only on a node that has the path, and these nodes are fresh, so each
         check of the service would otherwise fail on docker's "bind source path does not exist"
         with nothing to say why. On a team's own swarm the nodes may have them: no note there."""
-        if "engine" not in provider_class(self.settings.provider).gives_labels:
+        if not provider_class(self.settings.provider).owns_swarm:
             return
         roots = {self.settings.rootdir, *(f.parent for f in self.settings.stacks)}
         roots = {r.resolve() for r in roots} - {Path("/")}
