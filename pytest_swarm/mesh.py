@@ -22,6 +22,12 @@ from .waiting import Poll, wait_for
 
 # how long a node may take to answer on a newly published port (see first_answer)
 READY_TIMEOUT = 60.0
+# A probe's connection is accepted by a task within CONNECT_TIMEOUT: that is the mesh's part (a
+# route to a lost task times out, a port with no task refuses). The page is then read within
+# READ_TIMEOUT: a page rendered slowly by a task starved on a loaded node is the app's pace,
+# which the mesh checks do not judge.
+CONNECT_TIMEOUT = 3.0
+READ_TIMEOUT = 20.0
 
 HEADER = re.compile(r"Microservices Reddit in\s+(?P<env>\S+)\s+(?P<host>\S+)\s+container")
 
@@ -34,6 +40,7 @@ class Answer:
     env: str = ""
     host: str = ""
     error: str = ""
+    seconds: float = field(default=0.0, compare=False)  # from connecting to the last byte or error
 
 
 def parse_page(text: str) -> tuple[str, str] | None:
@@ -42,23 +49,36 @@ def parse_page(text: str) -> tuple[str, str] | None:
     return (match["env"], match["host"]) if match else None
 
 
-def probe(address: str, port: int, count: int, timeout: float = 3.0, path: str = "/") -> list[Answer]:
-    """``count`` GETs to http://address:port/path, each on a fresh connection; bounded in time."""
+def probe(
+    address: str,
+    port: int,
+    count: int,
+    timeout: float = CONNECT_TIMEOUT,
+    path: str = "/",
+    read_timeout: float = READ_TIMEOUT,
+) -> list[Answer]:
+    """``count`` GETs to http://address:port/path, each on a fresh connection accepted within
+    ``timeout`` seconds and read within ``read_timeout``; bounded in time."""
     answers = []
-    deadline = time.monotonic() + count * timeout
+    deadline = time.monotonic() + count * (timeout + read_timeout)
     for _ in range(count):
-        if time.monotonic() > deadline:
+        started = time.monotonic()
+        if started > deadline:
             answers.append(Answer(0, error="probe deadline passed"))
             continue
         try:
             response = requests.get(
-                f"http://{address}:{port}{path}", timeout=timeout, headers={"Connection": "close"}
+                f"http://{address}:{port}{path}",
+                timeout=(timeout, read_timeout),
+                headers={"Connection": "close"},
             )
         except requests.RequestException as exc:
-            answers.append(Answer(0, error=type(exc).__name__))
+            answers.append(Answer(0, error=type(exc).__name__, seconds=time.monotonic() - started))
             continue
         parsed = parse_page(response.text) or ("", "")
-        answers.append(Answer(response.status_code, env=parsed[0], host=parsed[1]))
+        answers.append(
+            Answer(response.status_code, env=parsed[0], host=parsed[1], seconds=time.monotonic() - started)
+        )
     return answers
 
 
@@ -84,7 +104,7 @@ def first_answer(address: str, port: int, timeout: float = READY_TIMEOUT, path: 
     """
 
     def ask() -> Poll[Answer]:
-        answer = probe(address, port, count=1, timeout=min(3.0, timeout), path=path)[0]
+        answer = probe(address, port, count=1, timeout=min(CONNECT_TIMEOUT, timeout), path=path)[0]
         return Poll(answer.status == 200, str(answer), answer)
 
     try:
@@ -102,6 +122,8 @@ class Balance:
     counts: dict[str, int]
     expected: list[str]
     failures: int
+    errors: dict[str, int] = field(default_factory=dict)  # how the failed requests failed
+    slowest: float = 0.0  # seconds, of the answered requests
     unexpected: list[str] = field(default_factory=list)
     missing: list[str] = field(default_factory=list)
     uneven: dict[str, float] = field(default_factory=dict)  # container -> share / even share
@@ -113,7 +135,7 @@ class Balance:
     def describe(self) -> str:
         parts = [f"answers per container {self.counts}"]
         if self.failures:
-            parts.append(f"{self.failures} requests failed")
+            parts.append(f"{self.failures} requests failed {self.errors}")
         if self.unexpected:
             parts.append(f"answered by containers that are not tasks: {self.unexpected}")
         if self.missing:
@@ -121,6 +143,8 @@ class Balance:
         if self.uneven:
             ratios = {k: round(v, 2) for k, v in self.uneven.items()}
             parts.append(f"shares outside 0.5x..1.5x of an even split: {ratios}")
+        if self.slowest:
+            parts.append(f"slowest answer {self.slowest:.1f} s")
         return "; ".join(parts)
 
 
@@ -131,7 +155,13 @@ def analyse(
     wanted = sorted(set(expected))
     ok = [a for a in answers if a.status == 200]
     counts = Counter(a.host for a in ok)
-    balance = Balance(counts=dict(sorted(counts.items())), expected=wanted, failures=len(answers) - len(ok))
+    balance = Balance(
+        counts=dict(sorted(counts.items())),
+        expected=wanted,
+        failures=len(answers) - len(ok),
+        errors=dict(Counter(a.error or f"HTTP {a.status}" for a in answers if a.status != 200)),
+        slowest=max((a.seconds for a in ok), default=0.0),
+    )
     balance.unexpected = sorted(set(counts) - set(wanted))
     balance.missing = [c for c in wanted if c not in counts]
     if ok and wanted:

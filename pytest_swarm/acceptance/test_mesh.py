@@ -34,6 +34,7 @@ def test_every_node_balances_over_every_ui_task(
         answers = mesh.probe(address, port, count)
         balance = mesh.analyse(answers, containers)
         envs = {a.env for a in answers if a.status == 200}
+        print(f"{node} ({address}:{port}): {balance.describe()}")
         if not balance.ok or envs != {env}:
             report.append(
                 f"{node} ({address}:{port}): {balance.describe()}; ENV shown {sorted(envs)}, want {env}"

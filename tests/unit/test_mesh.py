@@ -40,29 +40,36 @@ def test_uneven_shares_are_named_with_their_ratio() -> None:
     assert "0.5x..1.5x" in balance.describe()
 
 
-def test_failures_count() -> None:
-    balance = analyse(answers("a", "b", failures=2), ["a", "b"])
-    assert balance.failures == 2 and not balance.ok
+def test_failures_count_and_say_how_they_failed() -> None:
+    balance = analyse([*answers("a", "b", failures=2), Answer(502)], ["a", "b"])
+    assert balance.failures == 3 and not balance.ok
+    assert "3 requests failed {'ConnectTimeout': 2, 'HTTP 502': 1}" in balance.describe()
 
 
 class PageHandler(http.server.BaseHTTPRequestHandler):
     """Answers like a ui task."""
 
+    delay = 0.0  # seconds before the page is sent: a task starved on a loaded node
+
     def do_GET(self) -> None:
+        time.sleep(self.delay)
         body = b"<h1>Microservices Reddit in STAGE abcdefabcdef container</h1>"
-        self.send_response(200)
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
+        with contextlib.suppress(ConnectionError):  # a probe that gave up has closed its end
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
 
     def log_message(self, *args: object) -> None:
         pass
 
 
 @contextlib.contextmanager
-def serving(port: int = 0) -> Iterator[int]:
-    """A page server on 127.0.0.1 (``port`` 0: any free one); yields its port."""
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", port), PageHandler)
+def serving(port: int = 0, delay: float = 0.0) -> Iterator[int]:
+    """A page server on 127.0.0.1 (``port`` 0: any free one) that answers after ``delay``
+    seconds; yields its port."""
+    handler = type("Handler", (PageHandler,), {"delay": delay})
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", port), handler)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     try:
@@ -81,6 +88,16 @@ def page_server() -> Iterator[int]:
 def test_probe_reads_each_answer(page_server: int) -> None:
     got = probe("127.0.0.1", page_server, count=3)
     assert got == [Answer(200, "STAGE", "abcdefabcdef")] * 3
+
+
+def test_a_page_read_slowly_still_answers_the_probe() -> None:
+    """The connect timeout bounds the mesh's part only: a slow page is the app's pace."""
+    with serving(delay=1.5) as port:
+        got = probe("127.0.0.1", port, count=1, timeout=1.0)
+        late = probe("127.0.0.1", port, count=1, timeout=1.0, read_timeout=0.5)
+    assert got == [Answer(200, "STAGE", "abcdefabcdef")] and got[0].seconds >= 1.5
+    assert late[0].status == 0 and late[0].error == "ReadTimeout"
+    assert "slowest answer 1.5 s" in analyse(got, ["abcdefabcdef"]).describe()
 
 
 def test_probe_names_a_refused_connection() -> None:
