@@ -12,7 +12,8 @@ Where the deadlines come from (swarmkit, the orchestration inside every engine):
   up to 0.5 s of jitter, times a grace multiplier of 3 (``manager/dispatcher``);
 - a task of a Down or drained node is replaced by the restart supervisor: after the service's
   restart delay (``restart_policy.delay``, swarm's default 5 s; none on a drained node, which
-  first waits for the old task to stop, up to its ``stop_grace_period``), and a task with a
+  first waits for the old task to stop: 2 s out of the load balancer, then up to its
+  ``stop_grace_period``), and a task with a
   healthcheck counts as running once its first check passed (``interval`` after its start);
 - a raft election starts when a follower has heard nothing for ``ElectionTick`` ticks (the spec's
   ``Raft.ElectionTick``, 10) of one second, randomised up to twice that; two managers whose
@@ -48,6 +49,10 @@ ASK_EVERY = 1.0  # seconds between two changes asked of a manager that holds cal
 AGENT_MAX_BACKOFF = 8.0  # swarmkit agent's maxSessionFailureBackoff
 GRPC_CONNECT = 20.0  # gRPC's minimum connect timeout: one attempt at the manager
 DEFAULT_RESTART_DELAY = 5.0  # swarm's restart_policy.delay when none is declared
+# A task being stopped first leaves its service's load balancing, and the engine's executor waits
+# 2 s for that to spread by gossip before it sends the stop signal (moby's
+# defaultGossipConvergeDelay, hard-coded): a stop takes that long before stop_grace_period starts.
+LEAVE_LOAD_BALANCER = 2.0
 # Seconds a new task gets to be scheduled, have its container created, joined to its networks
 # and started (as the update suite allows; on a loaded 2-core machine a start took up to 13 s).
 TASK_START = 20.0
@@ -157,6 +162,15 @@ def task_start(slowest_seen: float = 0.0) -> Deadline:
     return Deadline(seen, f"a task's start as slow as the deploy's slowest {seen} s")
 
 
+def task_stop(spec: Mapping[str, Any]) -> Deadline:
+    """How long one of ``spec``'s tasks may take to stop once swarm wants it stopped."""
+    grace = declared.stop_grace_period(spec)
+    return Deadline(
+        LEAVE_LOAD_BALANCER + grace,
+        f"out of the load balancer {LEAVE_LOAD_BALANCER:g} s + stop_grace_period {grace:g} s",
+    )
+
+
 def replacement(
     spec: Mapping[str, Any],
     health: declared.Healthcheck | None,
@@ -167,8 +181,7 @@ def replacement(
     delay (none on a drained node, where the old task first stops within its stop_grace_period),
     a task's start (``start``, default task_start()), and its first healthcheck."""
     if drained:
-        grace = declared.stop_grace_period(spec)
-        first = Deadline(grace, f"stop_grace_period {grace:g} s")
+        first = task_stop(spec)
     else:
         policy = declared.restart_policy(spec)
         delay = policy.delay if policy is not None else DEFAULT_RESTART_DELAY

@@ -12,11 +12,11 @@ from __future__ import annotations
 
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from functools import partial
 from typing import Any, ClassVar
 
-from . import declared, disruption, mesh, resilience
+from . import disruption, mesh, resilience
 from .errors import SwarmError
 from .resilience import Seen
 from .resilience_runner import ScenarioRunner
@@ -150,6 +150,11 @@ class Disruptions(ScenarioRunner):
                     if moved:
                         back.problems.append(moved)
 
+    def longest_stop(self, services: Iterable[str]) -> resilience.Deadline:
+        """The longest a task of ``services`` may take to stop (resilience.task_stop)."""
+        stops = ((name, resilience.task_stop(self.stack.declared(name))) for name in services)
+        return resilience.longest(stops)[1]
+
     # -- 3: drain and active ---------------------------------------------------------------------------
     def set_availability(self, node: str, availability: str) -> None:
         client = self.managers.client()
@@ -163,16 +168,7 @@ class Disruptions(ScenarioRunner):
             target = self.busiest_worker(replicated_only=False)
             hit = self.view.tasks_on(target)
             _, replacement = self.view.restored(hit, drained=True)
-            stops = resilience.longest(
-                (
-                    name,
-                    resilience.Deadline(
-                        declared.stop_grace_period(self.stack.declared(name)), "stop_grace_period"
-                    ),
-                )
-                for name, count in hit.items()
-                if count
-            )[1]
+            stops = self.longest_stop(name for name, count in hit.items() if count)
             empty_deadline = stops + resilience.Deadline(resilience.SLACK, f"{resilience.SLACK:g} s")
             with self.recorder(seen, limit=4 * replacement.seconds + self.settings.timeout).recording():
                 started = time.monotonic()
@@ -207,15 +203,7 @@ class Disruptions(ScenarioRunner):
             hit = self.view.tasks_on(target, replicated_only=True)
             down, rejoin = self.timers.node_down(), self.timers.rejoin()
             _, replacement = self.view.restored(hit)
-            grace = resilience.longest(
-                (
-                    name,
-                    resilience.Deadline(
-                        declared.stop_grace_period(self.stack.declared(name)), "stop_grace_period"
-                    ),
-                )
-                for name in hit
-            )[1]
+            grace = self.longest_stop(hit)
             limit = 4 * (down.seconds + replacement.seconds + rejoin.seconds + grace.seconds)
             with self.recorder(seen, limit=limit).recording():
                 started = time.monotonic()

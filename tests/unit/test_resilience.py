@@ -44,11 +44,17 @@ def test_a_replacement_waits_the_restart_delay_a_start_and_the_first_healthcheck
     assert got.basis == "restart delay 3 s + a task's start 20 s + first healthcheck 5 s"
     # no policy: swarm's default delay; no healthcheck: nothing to wait for it
     assert resilience.replacement({}, None).seconds == pytest.approx(5 + resilience.TASK_START)
-    # a drained node's task: no restart delay, the old one stops first
+    # a drained node's task: no restart delay, the old one stops first: out of the load
+    # balancer (the engine waits 2 s), then within its stop_grace_period
     drained = resilience.replacement({"stop_grace_period": "1m"}, None, drained=True)
-    assert drained.seconds == pytest.approx(60 + resilience.TASK_START)
-    assert drained.basis.startswith("stop_grace_period 60 s")
-    assert resilience.replacement({}, None, drained=True).seconds == pytest.approx(10 + resilience.TASK_START)
+    assert drained.seconds == pytest.approx(2 + 60 + resilience.TASK_START)
+    assert drained.basis.startswith("out of the load balancer 2 s + stop_grace_period 60 s")
+    assert resilience.replacement({}, None, drained=True).seconds == pytest.approx(2 + 10 + resilience.TASK_START)
+
+
+def test_a_task_stop_is_the_load_balancers_delay_and_the_declared_grace() -> None:
+    assert resilience.task_stop({"stop_grace_period": "30s"}).seconds == 32.0
+    assert resilience.task_stop({}).seconds == 12.0  # the engine's default grace, 10 s
 
 
 def test_longest_names_the_service_and_says_when_there_is_none() -> None:
