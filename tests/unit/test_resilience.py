@@ -49,7 +49,8 @@ def test_a_replacement_waits_the_restart_delay_a_start_and_the_first_healthcheck
     drained = resilience.replacement({"stop_grace_period": "1m"}, None, drained=True)
     assert drained.seconds == pytest.approx(2 + 60 + resilience.TASK_START)
     assert drained.basis.startswith("out of the load balancer 2 s + stop_grace_period 60 s")
-    assert resilience.replacement({}, None, drained=True).seconds == pytest.approx(2 + 10 + resilience.TASK_START)
+    default = resilience.replacement({}, None, drained=True)
+    assert default.seconds == pytest.approx(2 + 10 + resilience.TASK_START)
 
 
 def test_a_task_stop_is_the_load_balancers_delay_and_the_declared_grace() -> None:
