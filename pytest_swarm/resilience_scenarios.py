@@ -283,7 +283,8 @@ class Disruptions(ScenarioRunner):
                         stopped = sorted(c[:12] for c in before if c not in after)
                         if stopped:
                             seen.problems.append(
-                                f"task containers stopped on the workers when {leader} was lost: {stopped}"
+                                f"task containers stopped on the workers when {leader} was lost: "
+                                + "; ".join(self.view.explain_stopped(stopped))
                             )
                 finally:
                     self.restore(partial(self.provider.start_node, leader))

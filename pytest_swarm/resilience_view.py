@@ -9,13 +9,14 @@ Only looks: what a scenario changes is in ``resilience_scenarios.py``.
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 
 import docker
 import docker.errors
 
 from . import declared, disruption, resilience
 from .cluster import STACK_LABEL, Cluster, Node, Service, seconds
+from .errors import SwarmError
 from .network_join import stalls_on_parallel_joins
 from .placement import eligible
 from .stack import DeployedStack
@@ -97,6 +98,24 @@ class StackView:
         workers = {n: e for n, e in self.swarm.engines.items() if n not in self.managers.names}
         services = {f"{self.stack.name}_{name}" for name in self.stack.declared_services}
         return disruption.running_containers(workers, self.stack.name, services)
+
+    def explain_stopped(self, containers: Iterable[str]) -> list[str]:
+        """For each (short) container id, its task as the managers now show it: which service and
+        slot, its state and desired state, its error; so a stopped container says whether swarm
+        replaced its task (and why) or the container went while its task still counts as running."""
+        try:
+            tasks = {t.container_id[:12]: (name, t) for name, s in self.services().items() for t in s.tasks()}
+        except (docker.errors.DockerException, SwarmError) as exc:
+            return [*containers, f"(their tasks unknown: the managers did not answer: {exc})"]
+        said = []
+        for short in containers:
+            if short not in tasks:
+                said.append(f"{short}: no task of the stack has it now")
+                continue
+            name, task = tasks[short]
+            why = f", {task.error}" if task.error else ""
+            said.append(f"{short}: {name} slot {task.slot}, {task.state} (desired {task.desired_state}{why})")
+        return said
 
     # -- whether it holds ---------------------------------------------------------------------------
     def whole(self, without: set[str]) -> tuple[bool, str, list[str]]:

@@ -271,3 +271,39 @@ def test_only_the_declared_services_task_containers_count_as_the_stacks() -> Non
         "a1": "worker-1",
         "p1": "worker-1",
     }
+
+
+def test_a_stopped_container_is_told_by_its_task_as_the_managers_show_it() -> None:
+    """A container gone from a worker says whether swarm replaced its task, and why."""
+    tasks = [
+        {
+            "ID": "t1",
+            "Slot": 2,
+            "Status": {
+                "State": "failed",
+                "Err": "task: non-zero exit (137)",
+                "ContainerStatus": {"ContainerID": "a" * 64},
+            },
+            "DesiredState": "shutdown",
+        },
+        {
+            "ID": "t2",
+            "Slot": 1,
+            "Status": {"State": "running", "ContainerStatus": {"ContainerID": "b" * 64}},
+            "DesiredState": "running",
+        },
+    ]
+    api = SimpleNamespace(
+        services=lambda **_: [{"ID": "s1", "Spec": {"Name": "DEV_ui"}}], tasks=lambda **_: tasks
+    )
+    managers = SimpleNamespace(nodes=lambda: [], client=lambda: SimpleNamespace(api=api))
+    models: dict[str, Any] = {"ui": {"image": "ui:1"}}
+    stack = SimpleNamespace(name="DEV", declared_services=list(models), declared=models.__getitem__)
+    images = SimpleNamespace(get=lambda ref: SimpleNamespace(attrs={"Config": {}}))
+    view = StackView(SimpleNamespace(client=SimpleNamespace(images=images)), stack, managers)  # type: ignore[arg-type]
+
+    assert view.explain_stopped(["a" * 12, "b" * 12, "c" * 12]) == [
+        "aaaaaaaaaaaa: ui slot 2, failed (desired shutdown, task: non-zero exit (137))",
+        "bbbbbbbbbbbb: ui slot 1, running (desired running)",
+        "cccccccccccc: no task of the stack has it now",
+    ]
