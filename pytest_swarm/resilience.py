@@ -13,8 +13,8 @@ Where the deadlines come from (swarmkit, the orchestration inside every engine):
 - a task of a Down or drained node is replaced by the restart supervisor: after the service's
   restart delay (``restart_policy.delay``, swarm's default 5 s; none on a drained node, which
   first waits for the old task to stop: 2 s out of the load balancer, then up to its
-  ``stop_grace_period``), and a task with a
-  healthcheck counts as running once its first check passed (``interval`` after its start);
+  ``stop_grace_period``), and a task with a healthcheck counts as running once its first check
+  passed (``interval`` after its start);
 - a raft election starts when a follower has heard nothing for ``ElectionTick`` ticks (the spec's
   ``Raft.ElectionTick``, 10) of one second, randomised up to twice that; two managers whose
   timers fire in the same tick split the vote and wait again (with ticks of one second, about
@@ -178,7 +178,7 @@ def replacement(
     start: Deadline | None = None,
 ) -> Deadline:
     """How long a replacement of one of ``spec``'s tasks may take once swarm acts: its restart
-    delay (none on a drained node, where the old task first stops within its stop_grace_period),
+    delay (none on a drained node, where the old task first stops: task_stop()),
     a task's start (``start``, default task_start()), and its first healthcheck."""
     if drained:
         first = task_stop(spec)

@@ -9,7 +9,7 @@ Only looks: what a scenario changes is in ``resilience_scenarios.py``.
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Sequence
 
 import docker
 import docker.errors
@@ -99,7 +99,7 @@ class StackView:
         services = {f"{self.stack.name}_{name}" for name in self.stack.declared_services}
         return disruption.running_containers(workers, self.stack.name, services)
 
-    def explain_stopped(self, containers: Iterable[str]) -> list[str]:
+    def explain_stopped(self, containers: Sequence[str]) -> list[str]:
         """For each (short) container id, its task as the managers now show it: which service and
         slot, its state and desired state, its error; so a stopped container says whether swarm
         replaced its task (and why) or the container went while its task still counts as running."""
