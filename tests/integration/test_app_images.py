@@ -9,6 +9,7 @@ their bridge addresses only. Everything the test starts carries the label
 from __future__ import annotations
 
 import re
+import signal
 import uuid
 import warnings
 from collections.abc import Iterator
@@ -409,7 +410,10 @@ def test_the_process_ends_on_the_stop_signal_not_by_sigkill(
     bench: Bench, built: dict[str, str], name: str
 ) -> None:
     """Swarm stops a replaced task with the image's stop signal and kills it 10 s later: a
-    process that ignores it makes every update, rollback and stack removal 10 s slower a task."""
+    process that ignores it makes every update, rollback and stack removal 10 s slower a task.
+    It exits non-zero, as a process killed by that signal does: a task stopped for failing its
+    healthcheck that exits 0 is "complete", and on-failure never replaces it
+    (docs/engine-unhealthy-exit-zero.md)."""
     container = bench.start(f"{name}-stopped", built[name], [f"{name}-stopped"], env={"ENV": "TEST"})
     bench.wait_health({f"{name}-stopped": "healthy"})
     container.stop(timeout=30)
@@ -418,4 +422,8 @@ def test_the_process_ends_on_the_stop_signal_not_by_sigkill(
     assert state["ExitCode"] != 137 and not state["OOMKilled"], (
         f"{name} did not end on {container.attrs['Config'].get('StopSignal') or 'SIGTERM'}: "
         f"killed after the grace period (exit {state['ExitCode']})"
+    )
+    assert state["ExitCode"] == 128 + signal.SIGINT, (
+        f"{name} exited {state['ExitCode']} on its stop signal, SIGINT: 130 expected (exit 0 would"
+        " leave an unhealthy task's replica unreplaced under restart_policy on-failure)"
     )

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import signal
+import sys
 import time
 
 from flask import Flask, jsonify, request
@@ -98,5 +100,14 @@ def metrics():  # type: ignore[no-untyped-def]
     return generate_latest(), 200, {"Content-Type": CONTENT_TYPE_LATEST}
 
 
+def stopped(signum: int, _frame: object) -> None:
+    """Exit as a process stopped by a signal does (128 + its number), not 0: swarm counts a task
+    that exits 0 as completed, even one it stopped for failing its healthcheck, and
+    restart_policy on-failure then never replaces it (docs/engine-unhealthy-exit-zero.md).
+    The development server would swallow the KeyboardInterrupt and exit 0."""
+    sys.exit(128 + signum)
+
+
 if __name__ == "__main__":
+    signal.signal(signal.SIGINT, stopped)  # the image's STOPSIGNAL
     app.run(host="0.0.0.0", port=9292, threaded=True)
