@@ -53,6 +53,11 @@ DEFAULT_RESTART_DELAY = 5.0  # swarm's restart_policy.delay when none is declare
 # 2 s for that to spread by gossip before it sends the stop signal (moby's
 # defaultGossipConvergeDelay, hard-coded): a stop takes that long before stop_grace_period starts.
 LEAVE_LOAD_BALANCER = 2.0
+# What the engine adds per container when it stops many of a node's tasks at once: the stops
+# overlap but their teardown (network endpoints, the container's removal) partly runs one after
+# another. Measured: 10 tasks of a drained dind node all gone by 6.6 s idle, by 16.3 s on a
+# 2-core machine busy with another cluster (docs/engine-drain-teardown.md).
+TASK_TEARDOWN = 1.5
 # Seconds a new task gets to be scheduled, have its container created, joined to its networks
 # and started (as the update suite allows; on a loaded 2-core machine a start took up to 13 s).
 TASK_START = 20.0
@@ -169,6 +174,11 @@ def task_stop(spec: Mapping[str, Any]) -> Deadline:
         LEAVE_LOAD_BALANCER + grace,
         f"out of the load balancer {LEAVE_LOAD_BALANCER:g} s + stop_grace_period {grace:g} s",
     )
+
+
+def teardown(tasks: int) -> Deadline:
+    """What the engine adds to task_stop() when a node stops ``tasks`` tasks at once."""
+    return Deadline(TASK_TEARDOWN * tasks, f"the engine's teardown {TASK_TEARDOWN:g} s x {tasks} tasks")
 
 
 def replacement(

@@ -167,9 +167,13 @@ class Disruptions(ScenarioRunner):
         with self.scenario("drain") as seen:
             target = self.busiest_worker(replicated_only=False)
             hit = self.view.tasks_on(target)
+            # its tasks stop at once, the last one's replacement starts once it has stopped
+            teardown = resilience.teardown(sum(hit.values()))
             _, replacement = self.view.restored(hit, drained=True)
+            replacement += teardown
             stops = self.longest_stop(name for name, count in hit.items() if count)
-            empty_deadline = stops + resilience.Deadline(resilience.SLACK, f"{resilience.SLACK:g} s")
+            slack = resilience.Deadline(resilience.SLACK, f"{resilience.SLACK:g} s")
+            empty_deadline = stops + teardown + slack
             with self.recorder(seen, limit=4 * replacement.seconds + self.settings.timeout).recording():
                 started = time.monotonic()
                 self.set_availability(target, "drain")
@@ -229,7 +233,7 @@ class Disruptions(ScenarioRunner):
                         seen,
                         "healed: to replaced tasks stopped",
                         self.view.stale_gone(target),
-                        rejoin + grace,
+                        rejoin + grace + resilience.teardown(sum(hit.values())),
                         healed,
                     )
 

@@ -58,6 +58,13 @@ def test_a_task_stop_is_the_load_balancers_delay_and_the_declared_grace() -> Non
     assert resilience.task_stop({}).seconds == 12.0  # the engine's default grace, 10 s
 
 
+def test_a_node_stopping_many_tasks_at_once_adds_the_engines_teardown_of_each() -> None:
+    ten = resilience.teardown(10)
+    assert ten.seconds == pytest.approx(10 * resilience.TASK_TEARDOWN)
+    assert ten.basis == f"the engine's teardown {resilience.TASK_TEARDOWN:g} s x 10 tasks"
+    assert resilience.teardown(0).seconds == 0.0
+
+
 def test_longest_names_the_service_and_says_when_there_is_none() -> None:
     pairs = [("ui", Deadline(30.0, "a")), ("post", Deadline(26.0, "b"))]
     assert resilience.longest(pairs) == ("ui", Deadline(30.0, "a"))
