@@ -176,9 +176,11 @@ def task_stop(spec: Mapping[str, Any]) -> Deadline:
     )
 
 
-def teardown(tasks: int) -> Deadline:
-    """What the engine adds to task_stop() when a node stops ``tasks`` tasks at once."""
-    return Deadline(TASK_TEARDOWN * tasks, f"the engine's teardown {TASK_TEARDOWN:g} s x {tasks} tasks")
+def teardown(tasks: int, start: Deadline | None = None) -> Deadline:
+    """What the engine adds to task_stop() when a node stops ``tasks`` tasks at once; on nodes
+    whose starts are slower than TASK_START (``start``, task_start()), as much slower."""
+    each = TASK_TEARDOWN * max(1.0, (start.seconds if start else TASK_START) / TASK_START)
+    return Deadline(each * tasks, f"the engine's teardown {each:g} s x {tasks} tasks")
 
 
 def replacement(

@@ -168,7 +168,7 @@ class Disruptions(ScenarioRunner):
             target = self.busiest_worker(replicated_only=False)
             hit = self.view.tasks_on(target)
             # its tasks stop at once, the last one's replacement starts once it has stopped
-            teardown = resilience.teardown(sum(hit.values()))
+            teardown = resilience.teardown(sum(hit.values()), self.view.start)
             _, replacement = self.view.restored(hit, drained=True)
             replacement += teardown
             stops = self.longest_stop(name for name, count in hit.items() if count)
@@ -233,7 +233,7 @@ class Disruptions(ScenarioRunner):
                         seen,
                         "healed: to replaced tasks stopped",
                         self.view.stale_gone(target),
-                        rejoin + grace + resilience.teardown(sum(hit.values())),
+                        rejoin + grace + resilience.teardown(sum(hit.values()), self.view.start),
                         healed,
                     )
 

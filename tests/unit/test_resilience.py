@@ -63,6 +63,9 @@ def test_a_node_stopping_many_tasks_at_once_adds_the_engines_teardown_of_each() 
     assert ten.seconds == pytest.approx(10 * resilience.TASK_TEARDOWN)
     assert ten.basis == f"the engine's teardown {resilience.TASK_TEARDOWN:g} s x 10 tasks"
     assert resilience.teardown(0).seconds == 0.0
+    # nodes whose tasks started twice as slowly as TASK_START tear down twice as slowly
+    slow = resilience.teardown(10, resilience.task_start(2 * resilience.TASK_START))
+    assert slow.seconds == pytest.approx(2 * ten.seconds)
 
 
 def test_longest_names_the_service_and_says_when_there_is_none() -> None:
