@@ -354,6 +354,11 @@ class Seen:
     answers: dict[str, list[tuple[float, bool]]] | None = None
     end: float = 0.0  # seconds from the scenario's start when the answers were last looked at
 
+    def __repr__(self) -> str:
+        # what a failed assertion's introspection prints beside the problems: the timeline and the
+        # moves are in the test's evidence section, whole, not cut into one line here
+        return f"Seen({self.scenario!r}, {len(self.problems)} problems)"
+
 
 def node_state(node: Mapping[str, Any]) -> str:
     """``ready/active``, ``down/drain``, ``ready/active leader``, ``ready/active unreachable``."""
