@@ -49,10 +49,17 @@ class ScenarioRunner:
     STEPS: ClassVar[dict[str, tuple[str, ...]]] = {}
 
     def __init__(
-        self, request: pytest.FixtureRequest, folder: Path, purpose: str, selected: Collection[str]
+        self,
+        request: pytest.FixtureRequest,
+        folder: Path,
+        purpose: str,
+        selected: Collection[str],
+        after: Callable[[], None] = lambda: None,
     ) -> None:
         """``purpose`` names the cluster of their own and starts every progress line and note;
-        ``selected``: the scenarios the run's tests check."""
+        ``selected``: the scenarios the run's tests check; ``after``: what to wait for before
+        bringing the cluster up (work whose load it would slow)."""
+        self._after = after
         self.lifecycle = lifecycle_of(request.config)
         self.settings = self.lifecycle.settings
         self.folder = folder
@@ -107,6 +114,11 @@ class ScenarioRunner:
 
     def run(self) -> None:
         try:
+            self._after()
+        except Exception:
+            pass  # only the order: that work's own tests report how it ended
+        try:
+            self.sleep(0)  # the run ending meanwhile: no cluster to bring up
             self.own.start()
             self.up.set_result(self.own.cluster)
         except BaseException as exc:

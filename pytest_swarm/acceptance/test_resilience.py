@@ -27,12 +27,13 @@ run's stack is up (beside the other suites), and the tests of this module run la
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
 from pytest_swarm import (
+    EARLY,
     DeployedStack,
     Disruptions,
     SwarmError,
@@ -47,7 +48,8 @@ from pytest_swarm import (
 
 pytestmark = pytest.mark.disruptive
 # acceptance/conftest.py: its work is on a cluster of its own, so it starts early beside the
-# other suites (not alone: there is nothing to overlap), nothing waits for it, and it runs last.
+# other suites (not alone: there is nothing to overlap), nothing waits for it, and it runs last;
+# its cluster comes up once the other suites' early work is done (start_early).
 OWN_CLUSTER = True
 PURPOSE = "resilience"
 
@@ -83,9 +85,11 @@ def selected_scenarios(request: pytest.FixtureRequest) -> set[str]:
     }
 
 
-def start_disruptions(request: pytest.FixtureRequest, folder: Path) -> Disruptions:
+def start_disruptions(
+    request: pytest.FixtureRequest, folder: Path, after: Callable[[], None] = lambda: None
+) -> Disruptions:
     """The selected scenarios, under way in a thread on a cluster of their own."""
-    return Disruptions(request, folder, PURPOSE, selected_scenarios(request))
+    return Disruptions(request, folder, PURPOSE, selected_scenarios(request), after)
 
 
 def start_early(
@@ -95,8 +99,17 @@ def start_early(
     (acceptance/conftest.py calls this when they run too); None where the provider can't."""
     if disruption.IsolatedCluster.why_not(lifecycle_of(request.config).settings, PURPOSE):
         return None
+    # its cluster comes up once the early work started before it is done: on two cores its
+    # images and stack, loaded and deployed beside the side-by-side envs' deploys, slowed both
+    # (bench/README.md)
+    before = list(request.config.stash.get(EARLY, {}).values())
+
+    def after_them() -> None:
+        for handle in before:
+            handle.wait()
+
     try:
-        return start_disruptions(request, folder)
+        return start_disruptions(request, folder, after_them)
     except SwarmError:
         return None  # the module's fixture tries again, and fails saying why
 
