@@ -130,7 +130,7 @@ class Disruptions(ScenarioRunner):
                 ready = self.measure(
                     back, "to Ready", self.view.node_is(victim, lambda n: n.ready), node_start, started
                 )
-                if ready is not None:
+                if ready is not None and self.view.globals_for(victim):
                     # its global tasks can start only once it is Ready (a node that boots slowly,
                     # as a UML kernel does, is not late with them): measured from then
                     self.measure(
@@ -189,13 +189,14 @@ class Disruptions(ScenarioRunner):
                     self.restore(partial(self.set_availability, target, "active"))
                     self.happened(seen, f"{target} active again")
                 back = time.monotonic()
-                self.measure(
-                    seen,
-                    "active: global tasks back",
-                    self.view.globals_on(target),
-                    self.view.global_deadline(target),
-                    back,
-                )
+                if self.view.globals_for(target):  # a stack without one has nothing to come back
+                    self.measure(
+                        seen,
+                        "active: global tasks back",
+                        self.view.globals_on(target),
+                        self.view.global_deadline(target),
+                        back,
+                    )
                 done, state, _ = self.view.whole(set())
                 if not done:
                     seen.problems.append(f"after {target} was active again: {state}")

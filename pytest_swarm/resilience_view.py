@@ -167,17 +167,23 @@ class StackView:
 
         return probe
 
+    def globals_for(self, node: str) -> list[str]:
+        """The global services that may run on ``node`` (its constraints met)."""
+        target = self.nodes()[node]
+        services = self.services()
+        return [name for name in self.globals() if eligible([target.facts()], services[name].constraints)]
+
     def globals_on(self, node: str) -> Callable[[], Poll[None]]:
         """Every global service that may run on ``node`` runs a task there."""
+        wanted = self.globals_for(node)
 
         def probe() -> Poll[None]:
             target = self.nodes()[node]
             services = self.services()
             missing = [
                 name
-                for name in self.globals()
-                if eligible([target.facts()], services[name].constraints)
-                and not any(t.node_id == target.id for t in services[name].running_tasks())
+                for name in wanted
+                if not any(t.node_id == target.id for t in services[name].running_tasks())
             ]
             return Poll(not missing, f"no task on {node} yet: {missing}" if missing else "all there")
 
@@ -234,11 +240,9 @@ class StackView:
         """The longest start of the global services that may run on ``node``; on a node whose
         engine just ``restarted``, with the stall its overlay joins may wait out."""
         target = self.nodes()[node]
-        services = self.services()
         deadline = resilience.longest(
             (name, resilience.replacement(self.stack.declared(name), self.health[name], start=self.start))
-            for name in self.globals()
-            if eligible([target.facts()], services[name].constraints)
+            for name in self.globals_for(node)
         )[1]
         # a restarted engine joins ingress while its global tasks join their networks: two joins
         # at once, which engines before 29.6 may stall on (seen: the task running 31 s after)

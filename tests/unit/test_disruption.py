@@ -234,6 +234,26 @@ def test_a_restarted_nodes_global_tasks_may_wait_out_an_overlay_join_stall_on_ol
     assert view.global_deadline("worker-2", restarted=True).seconds == start
 
 
+def test_only_a_stack_with_global_services_has_global_tasks_to_wait_for() -> None:
+    """A drained or restarted node gets back the global tasks it may run; a stack that declares
+    none has nothing to wait for there (no figure, no deadline of 0 s to be past)."""
+
+    def view_of(models: dict[str, Any]) -> StackView:
+        specs = [{"ID": f"s{i}", "Spec": {"Name": f"DEV_{name}"}} for i, name in enumerate(models)]
+        api = SimpleNamespace(services=lambda **_: specs, tasks=lambda **_: [])
+        managers = SimpleNamespace(
+            nodes=lambda: [Node(raw_node("n1", "worker-1", "ready"))], client=lambda: SimpleNamespace(api=api)
+        )
+        stack = SimpleNamespace(name="DEV", declared_services=list(models), declared=models.__getitem__)
+        images = SimpleNamespace(get=lambda ref: SimpleNamespace(attrs={"Config": {}}))
+        return StackView(SimpleNamespace(client=SimpleNamespace(images=images)), stack, managers)  # type: ignore[arg-type]
+
+    replicated = {"consumer": {"image": "c:1", "deploy": {"replicas": 1}}}
+    assert view_of(replicated).globals_for("worker-1") == []
+    with_global = {**replicated, "exporter": {"image": "e:1", "deploy": {"mode": "global"}}}
+    assert view_of(with_global).globals_for("worker-1") == ["exporter"]
+
+
 def test_a_manager_slower_than_a_second_still_answers_within_the_patience() -> None:
     def slow_nodes() -> list[dict[str, Any]]:
         time.sleep(1.5)  # a busy manager on slow nodes
