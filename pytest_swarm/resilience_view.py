@@ -175,14 +175,13 @@ class StackView:
 
     def globals_on(self, node: str) -> Callable[[], Poll[None]]:
         """Every global service that may run on ``node`` runs a task there."""
-        wanted = self.globals_for(node)
 
         def probe() -> Poll[None]:
             target = self.nodes()[node]
             services = self.services()
             missing = [
                 name
-                for name in wanted
+                for name in self.globals_for(node)
                 if not any(t.node_id == target.id for t in services[name].running_tasks())
             ]
             return Poll(not missing, f"no task on {node} yet: {missing}" if missing else "all there")
