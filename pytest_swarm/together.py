@@ -145,8 +145,19 @@ EARLY = pytest.StashKey[dict[str, Any]]()
 def wait_early(config: pytest.Config) -> None:
     """Until what the suites started early is under way no more (a check that adds or stops
     nodes first lets them finish: a node leaving mid-way would change what they watch)."""
-    for handle in list(config.stash.get(EARLY, {}).values()):
-        handle.wait()
+    early_work_so_far(config)()
+
+
+def early_work_so_far(config: pytest.Config) -> Callable[[], None]:
+    """A wait for the work the suites have started early so far (not what starts later): what
+    a ``start_early`` hands its own work to run first, when that work would slow it."""
+    before = list(config.stash.get(EARLY, {}).values())
+
+    def wait() -> None:
+        for handle in before:
+            handle.wait()
+
+    return wait
 
 
 def early_work_last(items: list[pytest.Item]) -> None:

@@ -33,11 +33,11 @@ from pathlib import Path
 import pytest
 
 from pytest_swarm import (
-    EARLY,
     DeployedStack,
     Disruptions,
     SwarmError,
     disruption,
+    early_work_so_far,
     judged_on,
     lifecycle_of,
     resilience,
@@ -102,14 +102,8 @@ def start_early(
     # its cluster comes up once the early work started before it is done: on two cores its
     # images and stack, loaded and deployed beside the side-by-side envs' deploys, slowed both
     # (bench/README.md)
-    before = list(request.config.stash.get(EARLY, {}).values())
-
-    def after_them() -> None:
-        for handle in before:
-            handle.wait()
-
     try:
-        return start_disruptions(request, folder, after_them)
+        return start_disruptions(request, folder, early_work_so_far(request.config))
     except SwarmError:
         return None  # the module's fixture tries again, and fails saying why
 

@@ -26,10 +26,10 @@ import pytest
 import yaml
 
 from pytest_swarm import (
-    EARLY,
     DeployedStack,
     Together,
     declared,
+    early_work_so_far,
     lifecycle_of,
     remove_all,
     selected_params,
@@ -235,13 +235,7 @@ def start_early(request: pytest.FixtureRequest, main: DeployedStack, folder: Pat
     """Deploy and watch every selected check's stack (acceptance/conftest.py calls this at the
     session's start when a test of this module is selected), once the work started before it
     is done."""
-    before = list(request.config.stash.get(EARLY, {}).values())
-
-    def after_them() -> None:
-        for handle in before:
-            handle.wait()
-
-    return Crashers(request, main, folder, after=after_them)
+    return Crashers(request, main, folder, after=early_work_so_far(request.config))
 
 
 @pytest.fixture(scope="module")
